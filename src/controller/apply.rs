@@ -1,0 +1,236 @@
+//! One pass over a ModulePullOverride (SPEC §3): source → resolve → fetch+unpack → publish.
+
+use std::{sync::Arc, time::Instant};
+
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    Context, ControllerError, PassError,
+    context::LastCheck,
+    error::backoff,
+    fetch::download_and_install,
+    source::{check_module_listed, load_source, registry_for},
+    status::{self, Outcome},
+    triggers::{self, Renew},
+};
+use crate::{
+    Digest,
+    crd::{ModulePullOverride, ModuleSource},
+    registry::ModuleRef,
+};
+
+pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action, ControllerError> {
+    let name = mpo.metadata.name.clone().ok_or(ControllerError::NoName)?;
+    let interval = match mpo.spec.scan_interval.duration() {
+        Ok(interval) => interval,
+        Err(e) => {
+            publish(
+                &mpo,
+                ctx,
+                &Outcome::Failed(PassError::BadSpec(e.to_string())),
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let source = load_source(ctx, &mpo.spec.source).await?;
+    let renew = triggers::renew_requested(&mpo);
+    let fingerprint = triggers::fingerprint(&mpo, source.as_ref());
+    if let Some(wait) = skip_until(ctx, &mpo, &name, fingerprint, renew) {
+        debug!(mpo = %name, ?wait, "nothing changed since the last check");
+        return Ok(Action::requeue(wait));
+    }
+
+    let started = Instant::now();
+    let outcome = run_pass(&mpo, ctx, source.as_ref(), renew).await;
+    ctx.metrics
+        .reconciled(outcome_label(&outcome), started.elapsed());
+    if let Outcome::Failed(err) = &outcome {
+        warn!(mpo = %name, reason = err.reason(), "{err}");
+    }
+    publish(&mpo, ctx, &outcome).await?;
+    if let Some(source) = source.as_ref().filter(|_| flag_allowed(&outcome)) {
+        mark_overridden(ctx, source, &name).await?;
+    }
+    clear_renew(&mpo, ctx).await?;
+
+    let previous_failures = ctx.last_check(&name).map_or(0, |c| c.failures);
+    let (wait, failures) = match &outcome {
+        Outcome::Failed(err) if err.is_transient() => {
+            (backoff(previous_failures, interval), previous_failures + 1)
+        }
+        Outcome::Failed(_) => (interval, 0),
+        Outcome::InSync { .. } => (triggers::jittered(interval, &name), 0),
+    };
+    let failed = matches!(outcome, Outcome::Failed(_));
+    ctx.record_check(
+        &name,
+        LastCheck {
+            fingerprint,
+            due: Instant::now() + wait,
+            failed,
+            failures,
+        },
+    );
+    Ok(Action::requeue(wait))
+}
+
+/// How long to wait instead of running a pass: only when nothing the pass reads has changed, no
+/// renew was asked for, the next check is not due and (after a success) the module is still on disk.
+fn skip_until(
+    ctx: &Context,
+    mpo: &ModulePullOverride,
+    name: &str,
+    fingerprint: u64,
+    renew: Renew,
+) -> Option<std::time::Duration> {
+    let last = ctx.last_check(name)?;
+    let now = Instant::now();
+    if renew != Renew::None || last.fingerprint != fingerprint || now >= last.due {
+        return None;
+    }
+    if !last.failed && !active_digest_on_disk(ctx, mpo, name) {
+        return None;
+    }
+    Some(last.due - now)
+}
+
+fn active_digest_on_disk(ctx: &Context, mpo: &ModulePullOverride, name: &str) -> bool {
+    recorded_digest(mpo).is_some_and(|digest| ctx.store.is_active(name, &digest))
+}
+
+fn recorded_digest(mpo: &ModulePullOverride) -> Option<Digest> {
+    mpo.status.as_ref()?.image_digest.as_deref()?.parse().ok()
+}
+
+async fn run_pass(
+    mpo: &ModulePullOverride,
+    ctx: &Context,
+    source: Option<&ModuleSource>,
+    renew: Renew,
+) -> Outcome {
+    match try_pass(mpo, ctx, source, renew).await {
+        Ok(outcome) => outcome,
+        Err(err) => Outcome::Failed(err),
+    }
+}
+
+async fn try_pass(
+    mpo: &ModulePullOverride,
+    ctx: &Context,
+    source: Option<&ModuleSource>,
+    renew: Renew,
+) -> Result<Outcome, PassError> {
+    let name = mpo.name_any();
+    let source = source.ok_or_else(|| PassError::SourceMissing(mpo.spec.source.clone()))?;
+    check_module_listed(source, &name)?;
+    let registry = registry_for(ctx, source)?;
+    let image = ModuleRef::new(registry.repo().clone(), &name, &mpo.spec.image_tag)
+        .map_err(|e| PassError::BadSpec(e.to_string()))?;
+    let digest = registry
+        .resolve(&image)
+        .await
+        .map_err(|cause| PassError::Resolve {
+            reference: image.to_string(),
+            cause,
+        })?;
+    ctx.metrics.resolved(&name);
+    let recorded = recorded_digest(mpo);
+    let up_to_date = recorded.as_ref() == Some(&digest) && ctx.store.is_active(&name, &digest);
+    if up_to_date && renew != Renew::Force {
+        debug!(mpo = %name, %digest, "tag unchanged");
+        let weight = mpo.status.as_ref().and_then(|s| s.weight).unwrap_or(900);
+        return Ok(Outcome::InSync {
+            digest,
+            weight,
+            changed: false,
+        });
+    }
+    info!(mpo = %name, image = %image, %digest, previous = ?recorded, "resolved a digest to download");
+    let (_, module_info) = download_and_install(ctx, &registry, &image, &digest).await?;
+    Ok(Outcome::InSync {
+        digest,
+        weight: module_info.weight,
+        changed: true,
+    })
+}
+
+fn flag_allowed(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::InSync { .. } => true,
+        Outcome::Failed(err) => err.allows_override_flag(),
+    }
+}
+
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::InSync { changed: true, .. } => "Updated",
+        Outcome::InSync { changed: false, .. } => "Unchanged",
+        Outcome::Failed(err) => err.reason(),
+    }
+}
+
+/// The one status write of a pass, skipped when nothing would change.
+async fn publish(
+    mpo: &ModulePullOverride,
+    ctx: &Context,
+    outcome: &Outcome,
+) -> Result<(), ControllerError> {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let desired = status::desired_status(mpo, outcome, &now);
+    if !status::status_differs(mpo, &desired) {
+        return Ok(());
+    }
+    let api = Api::<ModulePullOverride>::all(ctx.client.clone());
+    let name = mpo.name_any();
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(status::status_patch(&desired)),
+    )
+    .await?;
+    info!(mpo = %name, digest = ?desired.image_digest, message = ?desired.message, "status patched");
+    Ok(())
+}
+
+/// SPEC §3.6: `overridden: true` in the source's entry for this module, owned by this MPO's
+/// own field manager and written only when missing.
+async fn mark_overridden(
+    ctx: &Context,
+    source: &ModuleSource,
+    module: &str,
+) -> Result<(), ControllerError> {
+    if status::source_marks_overridden(source, module) {
+        return Ok(());
+    }
+    let api = Api::<ModuleSource>::all(ctx.client.clone());
+    let params = PatchParams::apply(&status::override_field_manager(module)).force();
+    api.patch_status(
+        &source.name_any(),
+        &params,
+        &Patch::Apply(status::override_entry_apply(module)),
+    )
+    .await?;
+    info!(mpo = %module, source = %source.name_any(), "marked the module overridden in the source");
+    Ok(())
+}
+
+/// SPEC §3.7: the renew annotation is consumed once its pass is handled.
+async fn clear_renew(mpo: &ModulePullOverride, ctx: &Context) -> Result<(), ControllerError> {
+    let Some(patch) = triggers::renew_removal_patch(mpo) else {
+        return Ok(());
+    };
+    let api = Api::<ModulePullOverride>::all(ctx.client.clone());
+    api.patch(
+        &mpo.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,110 @@
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use kube::Client;
+
+use crate::{
+    metrics::Metrics,
+    registry::{Registry, RegistryConfig, RegistryError},
+    settings::Settings,
+    storage::ModuleStore,
+};
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub store: ModuleStore,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    registries: Mutex<HashMap<String, (String, Registry)>>,
+    checks: Mutex<HashMap<String, LastCheck>>,
+}
+
+/// The last pass over one object, kept in memory so that watch events that change nothing the
+/// pass depends on (our own status writes, a ModuleSource's syncTime) do not hit the registry.
+#[derive(Clone, Debug)]
+pub struct LastCheck {
+    pub fingerprint: u64,
+    pub due: Instant,
+    pub failed: bool,
+    pub failures: u32,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        store: ModuleStore,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            client,
+            store,
+            settings,
+            metrics,
+            registries: Mutex::default(),
+            checks: Mutex::default(),
+        }
+    }
+
+    /// A registry client per source, rebuilt when the source's access settings change, so that
+    /// tokens and connections are reused across passes.
+    pub fn registry(
+        &self,
+        source: &str,
+        config: &RegistryConfig,
+    ) -> Result<Registry, RegistryError> {
+        let key = format!("{config:?}|{}", credentials_fingerprint(config));
+        let mut cache = self
+            .registries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((cached_key, registry)) = cache.get(source)
+            && *cached_key == key
+        {
+            return Ok(registry.clone());
+        }
+        let registry = Registry::new(config)?;
+        cache.insert(source.to_owned(), (key, registry.clone()));
+        Ok(registry)
+    }
+
+    pub fn last_check(&self, key: &str) -> Option<LastCheck> {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    pub fn record_check(&self, key: &str, check: LastCheck) {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_owned(), check);
+    }
+
+    pub fn forget_check(&self, key: &str) {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+/// `Debug` of the config redacts the password, so a password change needs its own part of the key.
+fn credentials_fingerprint(config: &RegistryConfig) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    match &config.credentials {
+        crate::crd::RegistryCredentials::Anonymous => 0u8.hash(&mut hasher),
+        crate::crd::RegistryCredentials::Basic { username, password } => {
+            (username, password).hash(&mut hasher)
+        }
+        crate::crd::RegistryCredentials::Bearer(token) => token.hash(&mut hasher),
+    }
+    hasher.finish()
+}

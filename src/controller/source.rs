@@ -1,0 +1,79 @@
+//! Step 1–2 of a pass: the ModuleSource an MPO names, and how to reach its registry.
+
+use kube::{Api, ResourceExt};
+
+use super::{Context, ControllerError, PassError};
+use crate::{
+    crd::{DockerCfgError, ModuleSource, Scheme},
+    registry::{Registry, RegistryConfig, RepoName, Transport},
+};
+
+/// The source named by the MPO, or `None` when it does not exist.
+pub async fn load_source(
+    ctx: &Context,
+    name: &str,
+) -> Result<Option<ModuleSource>, ControllerError> {
+    Ok(Api::<ModuleSource>::all(ctx.client.clone())
+        .get_opt(name)
+        .await?)
+}
+
+/// SPEC §3.2: a source that lists modules must list this one.
+pub fn check_module_listed(source: &ModuleSource, module: &str) -> Result<(), PassError> {
+    let modules = source
+        .status
+        .as_ref()
+        .and_then(|s| s.modules.as_deref())
+        .unwrap_or_default();
+    if modules.is_empty() || modules.iter().any(|m| m.name == module) {
+        Ok(())
+    } else {
+        Err(PassError::ModuleNotListed {
+            module: module.to_owned(),
+            source_name: source.name_any(),
+        })
+    }
+}
+
+/// The registry client for a source: credentials for its host, its CA and scheme.
+pub fn registry_for(ctx: &Context, source: &ModuleSource) -> Result<Registry, PassError> {
+    let config = registry_config(ctx, source)?;
+    ctx.registry(&source.name_any(), &config)
+        .map_err(|cause| PassError::SourceConfig {
+            source_name: source.name_any(),
+            cause,
+        })
+}
+
+pub fn registry_config(ctx: &Context, source: &ModuleSource) -> Result<RegistryConfig, PassError> {
+    let source_name = source.name_any();
+    let spec = &source.spec.registry;
+    let repo = RepoName::parse(&spec.repo).map_err(|cause| PassError::SourceConfig {
+        source_name: source_name.clone(),
+        cause,
+    })?;
+    let credentials = spec
+        .docker_cfg
+        .credentials_for(repo.host())
+        .map_err(|e| PassError::Credentials(credentials_message(&e, &source_name)))?;
+    Ok(RegistryConfig {
+        repo,
+        transport: match spec.scheme {
+            Scheme::Http => Transport::Http,
+            Scheme::Https => Transport::Https,
+        },
+        ca_pem: spec.ca.clone(),
+        credentials,
+        connect_timeout: ctx.settings.registry_connect_timeout,
+        read_timeout: ctx.settings.registry_read_timeout,
+    })
+}
+
+fn credentials_message(err: &DockerCfgError, source_name: &str) -> String {
+    match err {
+        DockerCfgError::NoEntryForHost { host } => {
+            format!("no credentials for {host} in the dockerCfg of ModuleSource {source_name:?}")
+        }
+        other => format!("ModuleSource {source_name:?}: {other}"),
+    }
+}

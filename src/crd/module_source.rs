@@ -1,0 +1,97 @@
+use kube::CustomResource;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+use super::DockerCfg;
+
+/// A registry that holds modules: `<repo>` lists them as tags, `<repo>/<module>:<tag>` are images.
+// printcolumn(...) repeats `type_ = "string"`, which clippy mistakes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "deckhouse.io",
+    version = "v1alpha1",
+    kind = "ModuleSource",
+    shortname = "ms",
+    status = "ModuleSourceStatus",
+    derive = "PartialEq",
+    doc = "A registry of modules and how to reach it.",
+    printcolumn(name = "COUNT", type_ = "integer", json_path = ".status.modulesCount"),
+    printcolumn(name = "SYNC", type_ = "date", json_path = ".status.syncTime"),
+    printcolumn(name = "MESSAGE", type_ = "string", json_path = ".status.message")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleSourceSpec {
+    pub registry: RegistrySpec,
+    /// Deprecated upstream; accepted and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_channel: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrySpec {
+    /// Repository of the modules, e.g. `registry.example.com/deckhouse/modules`.
+    #[schemars(length(min = 1))]
+    pub repo: String,
+    #[serde(default, skip_serializing_if = "DockerCfg::is_empty")]
+    pub docker_cfg: DockerCfg,
+    /// PEM CA certificate(s) trusted for this registry in addition to the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub scheme: Scheme,
+}
+
+/// How to talk to the registry.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Scheme {
+    #[serde(rename = "HTTP")]
+    Http,
+    #[default]
+    #[serde(rename = "HTTPS")]
+    Https,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleSourceStatus {
+    /// The modules of the source; each writer owns only its own entries and fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "modules_list_map")]
+    pub modules: Option<Vec<SourceModule>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modules_count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceModule {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overridden: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A list-map keyed by `name`, so that server-side apply merges entries instead of replacing the
+/// list: the scan and each MPO own different entries and fields.
+fn modules_list_map(generator: &mut SchemaGenerator) -> Schema {
+    let item = generator.subschema_for::<SourceModule>();
+    json_schema!({
+        "type": "array",
+        "items": item,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name"]
+    })
+}

@@ -1,0 +1,18 @@
+//! mpo-operator: makes a ModulePullOverride run the module image tag it names.
+//!
+//! Layers, from the outside in: [`crd`] (the resource types), [`registry`] (talking to the OCI
+//! registry), [`storage`] (unpacking and switching modules on disk), [`controller`] (the
+//! Kubernetes reconcile loop). Registry and storage know nothing about Kubernetes.
+
+pub mod controller;
+pub mod crd;
+pub mod digest;
+pub mod metrics;
+pub mod registry;
+pub mod server;
+pub mod settings;
+#[path = "storage_stub.rs"]
+pub mod storage;
+pub mod telemetry;
+
+pub use digest::Digest;

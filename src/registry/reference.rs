@@ -1,0 +1,195 @@
+use std::fmt;
+
+use oci_client::Reference;
+
+use super::RegistryError;
+use crate::Digest;
+
+/// `spec.registry.repo` split into the registry host and the repository path under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepoName {
+    host: String,
+    path: String,
+}
+
+impl RepoName {
+    /// Parses `host[:port]/path`. A scheme prefix is tolerated (the scheme comes from
+    /// `spec.registry.scheme`); userinfo is refused so that no password can hide in a reference.
+    pub fn parse(repo: &str) -> Result<Self, RegistryError> {
+        let bad = |reason: &str| RegistryError::BadRepo {
+            repo: redact_userinfo(repo),
+            reason: reason.into(),
+        };
+        let trimmed = repo.trim().trim_end_matches('/');
+        let trimmed = trimmed.split_once("://").map_or(trimmed, |(_, rest)| rest);
+        let (host, path) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+        if host.is_empty() {
+            return Err(bad("no registry host"));
+        }
+        if host.contains('@') {
+            return Err(bad(
+                "credentials in the repo are not allowed; use dockerCfg",
+            ));
+        }
+        let path_ok = path
+            .split('/')
+            .all(|part| part.is_empty() || valid_path_component(part));
+        if !path_ok || path.contains("//") {
+            return Err(bad(
+                "the path must be lowercase letters, digits and separators",
+            ));
+        }
+        Ok(Self {
+            host: host.to_ascii_lowercase(),
+            path: path.to_owned(),
+        })
+    }
+
+    /// `name[:port]`, as it appears in a dockerCfg.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The repository of a module: `<path>/<module>`.
+    pub fn module_repository(&self, module: &str) -> String {
+        if self.path.is_empty() {
+            module.to_owned()
+        } else {
+            format!("{}/{module}", self.path)
+        }
+    }
+
+    /// The root repository, whose tags are the module names.
+    pub fn root_reference(&self) -> Reference {
+        Reference::with_tag(self.host.clone(), self.path.clone(), "latest".into())
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.host)
+        } else {
+            write!(f, "{}/{}", self.host, self.path)
+        }
+    }
+}
+
+/// The image of one module at one tag: `<repo>/<module>:<tag>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleRef {
+    repo: RepoName,
+    module: String,
+    tag: String,
+}
+
+impl ModuleRef {
+    pub fn new(repo: RepoName, module: &str, tag: &str) -> Result<Self, RegistryError> {
+        if !valid_path_component(module) {
+            return Err(RegistryError::BadReference(format!(
+                "{module:?} is not a valid repository name"
+            )));
+        }
+        if !valid_tag(tag) {
+            return Err(RegistryError::BadReference(format!(
+                "{tag:?} is not a valid image tag"
+            )));
+        }
+        Ok(Self {
+            repo,
+            module: module.to_owned(),
+            tag: tag.to_owned(),
+        })
+    }
+
+    pub fn module(&self) -> &str {
+        &self.module
+    }
+
+    pub(super) fn by_tag(&self) -> Reference {
+        Reference::with_tag(
+            self.repo.host.clone(),
+            self.repo.module_repository(&self.module),
+            self.tag.clone(),
+        )
+    }
+
+    pub(super) fn by_digest(&self, digest: &Digest) -> Reference {
+        Reference::with_digest(
+            self.repo.host.clone(),
+            self.repo.module_repository(&self.module),
+            digest.to_string(),
+        )
+    }
+
+    /// `<repo>/<module>@<digest>`, for messages.
+    pub fn at_digest(&self, digest: &Digest) -> String {
+        format!("{}/{}@{digest}", self.repo, self.module)
+    }
+}
+
+impl fmt::Display for ModuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}", self.repo, self.module, self.tag)
+    }
+}
+
+/// OCI distribution: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`; checked loosely (separators not at the ends).
+fn valid_path_component(part: &str) -> bool {
+    let allowed =
+        |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-');
+    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    part.bytes().all(allowed) && edge(part.as_bytes().first()) && edge(part.as_bytes().last())
+}
+
+/// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`
+pub(crate) fn valid_tag(tag: &str) -> bool {
+    let first_ok = tag
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+    first_ok
+        && tag.len() <= 128
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn redact_userinfo(repo: &str) -> String {
+    match repo.rsplit_once('@') {
+        Some((_, rest)) => format!("<redacted>@{rest}"),
+        None => repo.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_module_references() {
+        let repo = RepoName::parse("127.0.0.1:5000/deckhouse/modules").expect("valid");
+        assert_eq!(repo.host(), "127.0.0.1:5000");
+        let r = ModuleRef::new(repo, "echo", "main-patch-03354").expect("valid");
+        assert_eq!(
+            r.to_string(),
+            "127.0.0.1:5000/deckhouse/modules/echo:main-patch-03354"
+        );
+        assert_eq!(r.by_tag().repository(), "deckhouse/modules/echo");
+    }
+
+    #[test]
+    fn refuses_userinfo_without_echoing_it() {
+        let err = RepoName::parse("user:hunter2@r.example/m").expect_err("refused");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn validates_tags_and_names() {
+        assert!(valid_tag("v1.23.1") && valid_tag("_x") && !valid_tag(".x") && !valid_tag(""));
+        assert!(!valid_tag(&"a".repeat(129)));
+        let repo = RepoName::parse("r/m").expect("valid");
+        assert!(ModuleRef::new(repo.clone(), "Echo", "t").is_err());
+        assert!(ModuleRef::new(repo, "echo", "bad tag").is_err());
+    }
+}

@@ -1,0 +1,33 @@
+//! Logging setup: text or JSON lines on stderr, filtered by a RUST_LOG-style directive.
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+use crate::settings::LogFormat;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("invalid log level {0:?}: {1}")]
+    Filter(String, tracing_subscriber::filter::ParseError),
+    #[error("a global logger is already installed")]
+    AlreadyInstalled,
+}
+
+pub fn init(format: LogFormat, level: &str) -> Result<(), TelemetryError> {
+    let filter =
+        EnvFilter::try_new(level).map_err(|e| TelemetryError::Filter(level.to_owned(), e))?;
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match format {
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    result.map_err(|_| TelemetryError::AlreadyInstalled)
+}
