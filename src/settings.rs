@@ -47,6 +47,11 @@ pub struct Settings {
     #[arg(long, env = "MPO_SOURCE_SCAN_INTERVAL", default_value = "3m", value_parser = humantime::parse_duration)]
     pub source_scan_interval: Duration,
 
+    /// Only handle ModulePullOverrides and ModuleSources with these labels (a label selector such
+    /// as `team=a`), to shard objects between several operators. Empty: all of them.
+    #[arg(long, env = "MPO_WATCH_SELECTOR", default_value = "")]
+    pub watch_selector: String,
+
     /// Take a Lease before reconciling, so that only one replica works at a time.
     #[arg(long, env = "MPO_LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set)]
     pub leader_election: bool,

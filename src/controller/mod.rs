@@ -65,7 +65,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
 
     let overrides = override_controller(client.clone(), ctx.clone(), concurrency);
     if scan {
-        futures::future::join(overrides, scan_controller(client, ctx)).await;
+        futures::future::join(overrides, scan_controller(client, ctx.clone())).await;
     } else {
         overrides.await;
     }
@@ -88,10 +88,10 @@ async fn preflight(client: &Client) -> Result<(), StartError> {
 async fn override_controller(client: Client, ctx: Arc<Context>, concurrency: u16) {
     let mpos = Api::<ModulePullOverride>::all(client.clone());
     let sources = Api::<ModuleSource>::all(client);
-    let controller = Controller::new(mpos, watcher::Config::default());
+    let controller = Controller::new(mpos, watch_config(&ctx));
     let store = controller.store();
     controller
-        .watches(sources, watcher::Config::default(), move |source| {
+        .watches(sources, watch_config(&ctx), move |source| {
             triggers::mpos_of_source(&source, store.state().iter().map(|m| m.as_ref()))
                 .collect::<Vec<_>>()
         })
@@ -110,7 +110,7 @@ async fn override_controller(client: Client, ctx: Arc<Context>, concurrency: u16
 
 async fn scan_controller(client: Client, ctx: Arc<Context>) {
     let sources = Api::<ModuleSource>::all(client);
-    Controller::new(sources, watcher::Config::default())
+    Controller::new(sources, watch_config(&ctx))
         .shutdown_on_signal()
         .run(scan::scan_source, scan::scan_error_policy, ctx)
         .for_each(|result| async move {
@@ -119,6 +119,15 @@ async fn scan_controller(client: Client, ctx: Arc<Context>) {
             }
         })
         .await;
+}
+
+fn watch_config(ctx: &Context) -> watcher::Config {
+    let selector = ctx.settings.watch_selector.trim();
+    if selector.is_empty() {
+        watcher::Config::default()
+    } else {
+        watcher::Config::default().labels(selector)
+    }
 }
 
 fn log_controller_error<E: std::error::Error, Q: std::error::Error>(err: &controller::Error<E, Q>) {

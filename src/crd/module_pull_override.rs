@@ -59,6 +59,7 @@ pub struct ModulePullOverrideStatus {
     pub message: Option<String>,
     /// The module's weight from its module.yaml (default 900).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i32>")]
     pub weight: Option<u32>,
     /// The `Ready` condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]

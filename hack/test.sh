@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test against a real kube-apiserver + etcd and real registries, on a fresh Debian 12
+# machine: installs the system packages, builds kube-apiserver/kubectl once into a cache, compiles
+# the tests, starts one control plane for the whole run, runs `cargo test`, and stops the control
+# plane (by its recorded PIDs) however the run ends. Extra arguments go to `cargo test`, e.g.
+#   bash hack/test.sh --test crds
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { printf '[test] %s\n' "$*" >&2; }
+
+if [ "${MPO_SKIP_INSTALL:-}" != 1 ]; then
+  bash hack/install-deps.sh >/dev/null
+fi
+[ -n "${KUBEBUILDER_ASSETS:-}" ] || bash hack/k8s-bins.sh >/dev/null
+
+log "compiling the tests first, so that rustc does not compete with the control plane for the CPUs"
+cargo test --locked --no-run "$@"
+
+dir=$(mktemp -d "${TMPDIR:-/tmp}/mpo-control-plane.XXXXXX")
+trap 'bash hack/control-plane.sh stop "$dir"; rm -rf "$dir"' EXIT
+bash hack/control-plane.sh start "$dir" >/dev/null
+# shellcheck disable=SC1091
+. "$dir/env"
+log "running cargo test against $KUBECONFIG"
+cargo test --locked "$@"

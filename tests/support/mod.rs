@@ -1,0 +1,25 @@
+//! The end-to-end harness: a real kube-apiserver + etcd (started once per run by
+//! `hack/test.sh`), real Debian docker-registry instances, module images built and pushed by the
+//! tests, the real operator binary and `kubectl` exactly as a user types it.
+#![allow(dead_code, unused_imports)]
+
+pub mod cluster;
+pub mod images;
+pub mod operator;
+pub mod registry;
+pub mod wait;
+
+pub use cluster::{Cluster, TestId};
+pub use operator::Operator;
+pub use wait::wait_for;
+
+/// The control plane of this run, or return from the test when there is none (and fail under CI).
+#[macro_export]
+macro_rules! require_cluster {
+    () => {
+        match $crate::support::cluster::cluster() {
+            Some(cluster) => cluster,
+            None => return,
+        }
+    };
+}
