@@ -11,7 +11,6 @@ pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod settings;
-#[path = "storage_stub.rs"]
 pub mod storage;
 pub mod telemetry;
 

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod images;
 pub mod operator;
 pub mod registry;
+pub mod scenario;
 pub mod wait;
 
 pub use cluster::{Cluster, TestId};

@@ -1,0 +1,587 @@
+//! Switching a finished staging directory in, atomically, and cleaning up after crashes (SPEC §6).
+//!
+//! Invariant: `dev` only ever points at a directory that was complete and fsynced before the
+//! link was swapped, and the swap is a single `rename`. A crash therefore leaves the old or the
+//! new version active; what it can leave behind is garbage that [`ModuleStore::sweep`] removes.
+
+use std::{
+    collections::HashSet,
+    fs::{self, FileType},
+    io,
+    os::unix::fs::{MetadataExt, PermissionsExt, symlink},
+    path::{Path, PathBuf},
+};
+
+use super::{
+    DEV, Installed, MODULES, ModuleInfo, ModuleStore, STAGING_PREFIX, Staging, StorageError,
+    VERSIONS, check_module_name, random_suffix, tree,
+};
+use crate::digest::Digest;
+
+/// Old copy of a version being replaced by a fresh download of the same digest.
+const REPLACED_PREFIX: &str = ".replaced-";
+/// New `dev` link before it is renamed over the old one.
+const DEV_TMP_PREFIX: &str = ".dev-tmp-";
+/// New `modules/<weight>-<module>` link before it is renamed into place.
+const LINK_TMP_PREFIX: &str = ".tmp-";
+
+const DEFAULT_DIR_MODE: u32 = 0o755;
+const DEFAULT_FILE_MODE: u32 = 0o644;
+
+impl Staging {
+    /// Makes the staged tree the active version of the module:
+    /// 1. apply the recorded modes and fsync every file and directory;
+    /// 2. rename the tree to `versions/<hex>` (moving an existing copy of that digest aside);
+    /// 3. point `modules/<weight>-<module>` at `../<module>/dev`;
+    /// 4. swap `dev` to `versions/<hex>` (the commit point);
+    /// 5. best effort: drop links of other weights and versions older than the previous one.
+    pub fn commit(mut self, info: &ModuleInfo) -> Result<Installed, StorageError> {
+        self.seal()?;
+        let store = self.store.clone();
+        let previous = store.active(&self.module);
+        let version = store.version_dir(&self.module, &self.digest);
+        self.move_into_versions(&version)?;
+        store.link_for_loader(&self.module, info.weight)?;
+        store.point_dev_at(&self.module, &self.digest)?;
+        tracing::debug!(module = %self.module, digest = %self.digest, "dev switched");
+
+        store.remove_other_weight_links(&self.module, info.weight);
+        // A forced re-download of the active digest adds no version, so nothing becomes old:
+        // keep the rollback copy that is already there.
+        if previous.as_ref() != Some(&self.digest) {
+            let keep: Vec<&Digest> = [Some(&self.digest), previous.as_ref()]
+                .into_iter()
+                .flatten()
+                .collect();
+            store.prune(&self.module, &keep);
+        }
+        Ok(Installed {
+            digest: self.digest.clone(),
+            path: version,
+            files: self.files,
+            bytes: self.file_bytes,
+        })
+    }
+
+    /// Refuses symlinks that leave the tree. Checked on the finished tree because a symlink
+    /// written later can change where an earlier one resolves (`l -> s/..`, then `s -> .`).
+    pub(super) fn check_symlinks(
+        &self,
+        entries: &[(PathBuf, FileType)],
+    ) -> Result<(), StorageError> {
+        for (rel, _) in entries.iter().filter(|(_, kind)| kind.is_symlink()) {
+            let full = self.path.join(rel);
+            let target = fs::read_link(&full).map_err(StorageError::write(&full))?;
+            if !tree::symlink_stays_inside(&self.path, rel, &target)? {
+                let reason = format!("symlink target {target:?} leaves the module root");
+                return Err(StorageError::unsafe_entry(rel, reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// Final modes and durability. Children before parents, so that a directory made read-only
+    /// is no longer needed for writing.
+    fn seal(&self) -> Result<(), StorageError> {
+        let entries = tree::walk(&self.path)?;
+        self.check_symlinks(&entries)?;
+        let mut sealed_inodes = HashSet::new();
+        for (rel, kind) in entries.iter().rev().filter(|(_, kind)| !kind.is_symlink()) {
+            let full = self.path.join(rel);
+            if kind.is_file() && !first_sight_of_inode(&full, &mut sealed_inodes)? {
+                // Another name of a hard-linked file: its inode is already done, and may now
+                // be unreadable to us.
+                continue;
+            }
+            let default = if kind.is_dir() {
+                DEFAULT_DIR_MODE
+            } else {
+                DEFAULT_FILE_MODE
+            };
+            seal_one(&full, self.modes.get(rel).copied().unwrap_or(default))?;
+        }
+        seal_one(&self.path, DEFAULT_DIR_MODE)
+    }
+
+    fn move_into_versions(&mut self, version: &Path) -> Result<(), StorageError> {
+        let versions = parent_of(version);
+        fs::create_dir_all(versions).map_err(StorageError::write(versions))?;
+        match version.symlink_metadata() {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                fs::rename(&self.path, version).map_err(StorageError::write(version))?;
+                self.committed = true;
+                sync_parents(version)
+            }
+            Err(err) => Err(StorageError::write(version)(err)),
+            Ok(_) => self.replace_version(version),
+        }
+    }
+
+    /// Same digest already stored (a forced renew): move the old copy aside, rename the new one
+    /// in, then delete the old. A crash in between leaves `dev` dangling with the old copy in
+    /// `.replaced-<hex>-*`, which [`ModuleStore::sweep`] renames back.
+    fn replace_version(&mut self, version: &Path) -> Result<(), StorageError> {
+        let module_dir = parent_of(parent_of(version));
+        let aside = module_dir.join(format!(
+            "{REPLACED_PREFIX}{}-{}",
+            self.digest.hex(),
+            random_suffix()
+        ));
+        fs::rename(version, &aside).map_err(StorageError::write(version))?;
+        if let Err(err) = fs::rename(&self.path, version) {
+            if let Err(undo) = fs::rename(&aside, version) {
+                let path = aside.display();
+                tracing::error!(%path, error = %undo, "cannot restore replaced version");
+            }
+            return Err(StorageError::write(version)(err));
+        }
+        self.committed = true;
+        sync_parents(version)?;
+        sync_dir_logged(module_dir);
+        if let Err(err) = tree::remove_tree(&aside) {
+            tracing::warn!(path = %aside.display(), error = %err, "cannot remove replaced version");
+        }
+        Ok(())
+    }
+}
+
+impl ModuleStore {
+    /// Startup sweep: creates the root, removes leftover staging directories and temporary
+    /// links, and repairs `dev` after a crash during a same-digest replacement. Returns how many
+    /// staging directories were removed. Call it before any download starts: it would remove a
+    /// staging directory that is in use.
+    pub fn sweep(&self) -> Result<usize, StorageError> {
+        fs::create_dir_all(&self.root).map_err(StorageError::write(&self.root))?;
+        let mut removed = 0;
+        for (name, kind) in list_dir(&self.root)? {
+            if name == MODULES {
+                self.sweep_loader_links()?;
+            } else if kind.is_dir() && check_module_name(&name).is_ok() {
+                removed += self.sweep_module(&name)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn sweep_module(&self, module: &str) -> Result<usize, StorageError> {
+        let module_dir = self.module_dir(module);
+        let mut staging = 0;
+        let mut replaced = Vec::new();
+        for (name, _) in list_dir(&module_dir)? {
+            let path = module_dir.join(&name);
+            if name.starts_with(STAGING_PREFIX) {
+                tree::remove_tree(&path).map_err(StorageError::write(&path))?;
+                tracing::info!(path = %path.display(), "removed leftover staging directory");
+                staging += 1;
+            } else if name.starts_with(DEV_TMP_PREFIX) {
+                tree::remove_tree(&path).map_err(StorageError::write(&path))?;
+            } else if name.starts_with(REPLACED_PREFIX) {
+                replaced.push(name);
+            }
+        }
+        self.restore_replaced(module, &mut replaced)?;
+        for name in replaced {
+            let path = module_dir.join(name);
+            tree::remove_tree(&path).map_err(StorageError::write(&path))?;
+        }
+        Ok(staging)
+    }
+
+    /// If `dev` dangles and the old copy of its digest was moved aside, move it back; takes the
+    /// restored name out of `replaced`.
+    fn restore_replaced(
+        &self,
+        module: &str,
+        replaced: &mut Vec<String>,
+    ) -> Result<(), StorageError> {
+        let Some(digest) = self.active(module) else {
+            return Ok(());
+        };
+        let version = self.version_dir(module, &digest);
+        if version.symlink_metadata().is_ok() {
+            return Ok(());
+        }
+        let prefix = format!("{REPLACED_PREFIX}{}-", digest.hex());
+        let Some(index) = replaced.iter().position(|name| name.starts_with(&prefix)) else {
+            return Ok(());
+        };
+        let aside = self.module_dir(module).join(replaced.remove(index));
+        let versions = parent_of(&version);
+        fs::create_dir_all(versions).map_err(StorageError::write(versions))?;
+        fs::rename(&aside, &version).map_err(StorageError::write(&version))?;
+        sync_parents(&version)?;
+        tracing::warn!(module, %digest, "restored the version a crash left moved aside");
+        Ok(())
+    }
+
+    fn sweep_loader_links(&self) -> Result<(), StorageError> {
+        let links = self.root.join(MODULES);
+        for (name, _) in list_dir(&links)? {
+            if name.starts_with(LINK_TMP_PREFIX) {
+                let path = links.join(name);
+                tree::remove_tree(&path).map_err(StorageError::write(&path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `modules/<weight>-<module> -> ../<module>/dev`, created under a temporary name and renamed
+    /// into place so that the loader never sees a half-made link.
+    fn link_for_loader(&self, module: &str, weight: u32) -> Result<(), StorageError> {
+        let links = self.root.join(MODULES);
+        fs::create_dir_all(&links).map_err(StorageError::write(&links))?;
+        let name = format!("{weight}-{module}");
+        let temporary = links.join(format!("{LINK_TMP_PREFIX}{name}-{}", random_suffix()));
+        replace_symlink(&format!("../{module}/{DEV}"), &temporary, &links.join(name))?;
+        tree::sync_dir(&links)
+    }
+
+    fn point_dev_at(&self, module: &str, digest: &Digest) -> Result<(), StorageError> {
+        let module_dir = self.module_dir(module);
+        let temporary = module_dir.join(format!("{DEV_TMP_PREFIX}{}", random_suffix()));
+        replace_symlink(
+            &format!("{VERSIONS}/{}", digest.hex()),
+            &temporary,
+            &module_dir.join(DEV),
+        )?;
+        tree::sync_dir(&module_dir)
+    }
+
+    /// Best effort: the new link is already in place, a stale one only confuses the loader.
+    fn remove_other_weight_links(&self, module: &str, weight: u32) {
+        let links = self.root.join(MODULES);
+        let current = format!("{weight}-{module}");
+        let stale = match list_dir(&links) {
+            Ok(entries) => entries.into_iter().filter(|(name, kind)| {
+                kind.is_symlink() && *name != current && links_module(name, module)
+            }),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot list module links");
+                return;
+            }
+        };
+        for (name, _) in stale {
+            if let Err(err) = fs::remove_file(links.join(&name)) {
+                tracing::warn!(link = name, error = %err, "cannot remove stale module link");
+            }
+        }
+        sync_dir_logged(&links);
+    }
+
+    /// Best effort: deletes every version not in `keep`.
+    fn prune(&self, module: &str, keep: &[&Digest]) {
+        let versions = self.module_dir(module).join(VERSIONS);
+        let entries = match list_dir(&versions) {
+            Ok(entries) => entries,
+            Err(err) => return tracing::warn!(error = %err, "cannot list versions to prune"),
+        };
+        for (name, _) in entries
+            .into_iter()
+            .filter(|(name, _)| !keep.iter().any(|d| d.hex() == name))
+        {
+            let path = versions.join(&name);
+            match tree::remove_tree(&path) {
+                Ok(()) => tracing::debug!(path = %path.display(), "pruned old version"),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot prune old version")
+                }
+            }
+        }
+    }
+}
+
+/// The digest a `dev` link names, if it is one we wrote.
+pub(super) fn dev_target(module_dir: &Path) -> Option<Digest> {
+    let target = fs::read_link(module_dir.join(DEV)).ok()?;
+    let hex = target.to_str()?.strip_prefix(VERSIONS)?.strip_prefix('/')?;
+    Digest::from_hex(hex).ok()
+}
+
+/// `<digits>-<module>`: the first dash ends the weight, the rest must be the module name.
+fn links_module(link_name: &str, module: &str) -> bool {
+    link_name.split_once('-').is_some_and(|(weight, rest)| {
+        !weight.is_empty() && weight.bytes().all(|b| b.is_ascii_digit()) && rest == module
+    })
+}
+
+/// Atomically makes `path` a symlink to `target`, whatever symlink or file was there.
+fn replace_symlink(target: &str, temporary: &Path, path: &Path) -> Result<(), StorageError> {
+    symlink(target, temporary).map_err(StorageError::write(temporary))?;
+    fs::rename(temporary, path).map_err(|err| {
+        // Not worth failing over: the sweep removes temporaries too.
+        let _ = fs::remove_file(temporary);
+        StorageError::write(path)(err)
+    })
+}
+
+fn seal_one(path: &Path, mode: u32) -> Result<(), StorageError> {
+    // Directories open read-only too, and fsync on that descriptor flushes their entries.
+    let file = fs::File::open(path).map_err(StorageError::write(path))?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(StorageError::write(path))?;
+    file.sync_all().map_err(StorageError::write(path))
+}
+
+fn first_sight_of_inode(path: &Path, seen: &mut HashSet<(u64, u64)>) -> Result<bool, StorageError> {
+    let meta = path.symlink_metadata().map_err(StorageError::write(path))?;
+    Ok(meta.nlink() <= 1 || seen.insert((meta.dev(), meta.ino())))
+}
+
+/// Makes a rename into `path` durable: fsync its directory and that directory's parent.
+fn sync_parents(path: &Path) -> Result<(), StorageError> {
+    let dir = parent_of(path);
+    tree::sync_dir(dir)?;
+    tree::sync_dir(parent_of(dir))
+}
+
+fn sync_dir_logged(dir: &Path) {
+    if let Err(err) = tree::sync_dir(dir) {
+        tracing::warn!(error = %err, "cannot fsync directory");
+    }
+}
+
+fn parent_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("/"))
+}
+
+/// Names (UTF-8 only: everything we create is) and types of a directory's entries; a missing
+/// directory is empty.
+fn list_dir(dir: &Path) -> Result<Vec<(String, FileType)>, StorageError> {
+    let listing = match fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(StorageError::write(dir)(err)),
+    };
+    let mut entries = Vec::new();
+    for entry in listing {
+        let entry = entry.map_err(StorageError::write(dir))?;
+        let kind = entry
+            .file_type()
+            .map_err(StorageError::write(entry.path()))?;
+        if let Ok(name) = entry.file_name().into_string() {
+            entries.push((name, kind));
+        }
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::{FailureClass, LayerCompression, testkit::*};
+    use super::*;
+
+    const MODULE: &str = "echo";
+
+    fn module_layer(weight: u32, marker: &str) -> Vec<u8> {
+        TarLayer::new()
+            .file(
+                "module.yaml",
+                format!("name: echo\nweight: {weight}\n").as_bytes(),
+            )
+            .file("marker", marker.as_bytes())
+            .dir_mode("ro", 0o555)
+            .file_mode("ro/tool", b"#!/bin/sh\n", 0o4755)
+            .file_mode("ro/secret", b"s", 0o000)
+            .hardlink("ro/secret-too", "ro/secret")
+            .tar()
+    }
+
+    fn link_text(path: &Path) -> String {
+        fs::read_link(path).unwrap().to_string_lossy().into_owned()
+    }
+
+    fn versions(fixture: &Fixture) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(fixture.root().join(MODULE).join(VERSIONS))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn mode(path: &Path) -> u32 {
+        path.symlink_metadata().unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn commit_switches_dev_and_links_the_module_for_the_loader() {
+        let fixture = Fixture::new();
+        let digest = Digest::of(b"v1");
+        let installed = fixture.install(MODULE, &digest, module_layer(910, "v1"));
+
+        let module_dir = fixture.root().join(MODULE);
+        assert_eq!(
+            installed.path,
+            module_dir.join("versions").join(digest.hex())
+        );
+        assert_eq!(
+            (installed.files, installed.digest.clone()),
+            (5, digest.clone())
+        );
+        assert_eq!(
+            link_text(&module_dir.join("dev")),
+            format!("versions/{}", digest.hex())
+        );
+        let loader_link = fixture.root().join("modules/910-echo");
+        assert_eq!(link_text(&loader_link), "../echo/dev");
+        assert_eq!(fs::read(loader_link.join("marker")).unwrap(), b"v1");
+        assert!(fixture.store.is_active(MODULE, &digest));
+        assert_eq!(fixture.store.active(MODULE), Some(digest));
+        assert_eq!(fixture.module_dir_names(MODULE), ["dev", "versions"]);
+
+        assert_eq!(mode(&installed.path.join("ro")), 0o555);
+        assert_eq!(
+            mode(&installed.path.join("ro/tool")),
+            0o755,
+            "setuid dropped"
+        );
+        assert_eq!(mode(&installed.path.join("ro/secret")), 0o000);
+        assert_eq!(mode(&installed.path.join("marker")), 0o644);
+        fixture.assert_outside_untouched();
+    }
+
+    #[test]
+    fn keeps_the_current_and_previous_versions_only() {
+        let fixture = Fixture::new();
+        let [a, b, c] = [b"a", b"b", b"c"].map(|name| Digest::of(name));
+        fixture.install(MODULE, &a, module_layer(900, "a"));
+        fixture.install(MODULE, &b, module_layer(900, "b"));
+        assert_eq!(versions(&fixture), sorted(&[&a, &b]));
+        fixture.install(MODULE, &c, module_layer(900, "c"));
+        // `a` had read-only directories and unreadable files: pruning copes.
+        assert_eq!(versions(&fixture), sorted(&[&b, &c]));
+        assert!(fixture.store.is_active(MODULE, &c));
+        assert!(!fixture.store.is_active(MODULE, &b));
+    }
+
+    fn sorted(digests: &[&Digest]) -> Vec<String> {
+        let mut hexes: Vec<String> = digests.iter().map(|d| d.hex().to_owned()).collect();
+        hexes.sort();
+        hexes
+    }
+
+    #[test]
+    fn a_weight_change_moves_the_loader_link() {
+        let fixture = Fixture::new();
+        for other in ["other", "x-echo"] {
+            let layer = TarLayer::new().file("module.yaml", b"weight: 900\n").tar();
+            fixture.install(other, &Digest::of(other.as_bytes()), layer);
+        }
+        fixture.install(MODULE, &Digest::of(b"1"), module_layer(900, "1"));
+        fixture.install(MODULE, &Digest::of(b"2"), module_layer(915, "2"));
+        let mut links: Vec<String> = fs::read_dir(fixture.root().join("modules"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        links.sort();
+        assert_eq!(links, ["900-other", "900-x-echo", "915-echo"]);
+    }
+
+    #[test]
+    fn a_forced_renew_replaces_the_same_digest_and_keeps_the_rollback_copy() {
+        let fixture = Fixture::new();
+        let (old, current) = (Digest::of(b"old"), Digest::of(b"current"));
+        fixture.install(MODULE, &old, module_layer(900, "old"));
+        fixture.install(MODULE, &current, module_layer(900, "first download"));
+        let installed = fixture.install(MODULE, &current, module_layer(900, "second download"));
+        assert_eq!(
+            fs::read(installed.path.join("marker")).unwrap(),
+            b"second download"
+        );
+        assert!(fixture.store.is_active(MODULE, &current));
+        assert_eq!(versions(&fixture), sorted(&[&old, &current]));
+        assert_eq!(fixture.module_dir_names(MODULE), ["dev", "versions"]);
+    }
+
+    #[test]
+    fn a_failed_download_leaves_the_active_version_alone() {
+        let fixture = Fixture::new();
+        let good = Digest::of(b"good");
+        fixture.install(MODULE, &good, module_layer(900, "good"));
+        let mut staging = fixture.stage(MODULE, &Digest::of(b"bad"));
+        let hostile = TarLayer::new().symlink("l", "s/..").symlink("s", ".").tar();
+        staging
+            .apply_layer(&hostile[..], LayerCompression::None)
+            .unwrap();
+        let err = staging.commit(&ModuleInfo::default()).unwrap_err();
+        assert_eq!(err.class(), FailureClass::Download);
+        assert!(fixture.store.is_active(MODULE, &good));
+        assert_eq!(versions(&fixture), sorted(&[&good]));
+        assert_eq!(fixture.module_dir_names(MODULE), ["dev", "versions"]);
+    }
+
+    #[test]
+    fn sweep_removes_leftovers_and_repairs_an_interrupted_replacement() {
+        let fixture = Fixture::new();
+        assert_eq!(fixture.store.sweep().unwrap(), 0, "creates a missing root");
+        let digest = Digest::of(b"v");
+        let installed = fixture.install(MODULE, &digest, module_layer(900, "v"));
+        let module_dir = fixture.root().join(MODULE);
+
+        // A crash between the two renames of a forced renew: `dev` dangles.
+        let aside = module_dir.join(format!(".replaced-{}-0123", digest.hex()));
+        fs::rename(&installed.path, &aside).unwrap();
+        assert!(!fixture.store.is_active(MODULE, &digest));
+        // Other leftovers: a half-unpacked staging dir (with a locked directory), an older
+        // replaced copy, temporary links.
+        let staging = module_dir.join(".staging-abc-1");
+        fs::create_dir_all(staging.join("locked")).unwrap();
+        fs::set_permissions(staging.join("locked"), fs::Permissions::from_mode(0o555)).unwrap();
+        fs::create_dir(module_dir.join(".replaced-feed-1")).unwrap();
+        symlink("versions/x", module_dir.join(".dev-tmp-1")).unwrap();
+        symlink(
+            "../echo/dev",
+            fixture.root().join("modules/.tmp-900-echo-1"),
+        )
+        .unwrap();
+
+        assert_eq!(fixture.store.sweep().unwrap(), 1);
+        assert!(fixture.store.is_active(MODULE, &digest));
+        assert_eq!(fs::read(installed.path.join("marker")).unwrap(), b"v");
+        assert_eq!(fixture.module_dir_names(MODULE), ["dev", "versions"]);
+        let links: Vec<_> = fs::read_dir(fixture.root().join("modules"))
+            .unwrap()
+            .collect();
+        assert_eq!(links.len(), 1);
+
+        // Once the new copy is in place, a leftover old copy is simply removed.
+        fs::create_dir(&aside).unwrap();
+        assert_eq!(fixture.store.sweep().unwrap(), 0);
+        assert!(!aside.exists());
+        assert!(fixture.store.is_active(MODULE, &digest));
+    }
+
+    #[test]
+    fn a_read_only_store_is_a_store_failure() {
+        let fixture = Fixture::new();
+        if !permissions_are_enforced(fixture.dir.path()) {
+            eprintln!("skipped: running with privileges that ignore file modes");
+            return;
+        }
+        fixture.store.sweep().unwrap();
+        let root = fixture.root();
+        fs::set_permissions(root, fs::Permissions::from_mode(0o555)).unwrap();
+        let err = fixture
+            .store
+            .stage(MODULE, &Digest::of(b"x"))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Write { .. }), "{err:?}");
+        assert_eq!(err.class(), FailureClass::Store);
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+
+        // Read-only once unpacked: the switch-in fails, nothing becomes active.
+        let mut staging = fixture.stage(MODULE, &Digest::of(b"y"));
+        let layer = module_layer(900, "y");
+        staging
+            .apply_layer(&layer[..], LayerCompression::None)
+            .unwrap();
+        let module_dir = root.join(MODULE);
+        fs::set_permissions(&module_dir, fs::Permissions::from_mode(0o555)).unwrap();
+        let err = staging.commit(&ModuleInfo::default()).unwrap_err();
+        fs::set_permissions(&module_dir, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(err.class(), FailureClass::Store, "{err}");
+        assert_eq!(fixture.store.active(MODULE), None);
+    }
+}

@@ -1,0 +1,260 @@
+//! Safe streaming unpack of module images and their atomic switch-in on disk (SPEC §6, §7).
+//!
+//! Layout under the store root:
+//! ```text
+//! <root>/<module>/versions/<hex>/          an unpacked module, never modified once switched in
+//! <root>/<module>/dev -> versions/<hex>    the current version, replaced atomically with rename
+//! <root>/<module>/.staging-<hex>-<random>  a download in progress (removed at startup)
+//! <root>/modules/<weight>-<module> -> ../<module>/dev
+//! ```
+//! A download goes [`ModuleStore::stage`] → [`Staging::apply_layer`] (per layer, in order) →
+//! [`Staging::validate`] → [`Staging::commit`]. Dropping a [`Staging`] before `commit` removes
+//! it, so a failure anywhere leaves the active version untouched.
+//!
+//! Nothing here knows about Kubernetes; every call is blocking and meant for `spawn_blocking`.
+
+mod error;
+mod layout;
+mod tree;
+mod unpack;
+mod validate;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod testkit;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use crate::digest::Digest;
+
+pub use error::{FailureClass, LimitKind, StorageError};
+
+/// Caps on what one image may unpack to (SPEC §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Sum of the data sizes of all entries, across layers.
+    pub max_unpacked_bytes: u64,
+    /// Number of tar entries, across layers.
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_unpacked_bytes: 2 * 1024 * 1024 * 1024,
+            max_entries: 100_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerCompression {
+    Gzip,
+    None,
+}
+
+/// What validation learned from the module's own files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// From `module.yaml`, default [`ModuleInfo::DEFAULT_WEIGHT`].
+    pub weight: u32,
+}
+
+impl ModuleInfo {
+    pub const DEFAULT_WEIGHT: u32 = 900;
+}
+
+impl Default for ModuleInfo {
+    fn default() -> Self {
+        Self {
+            weight: Self::DEFAULT_WEIGHT,
+        }
+    }
+}
+
+/// A version that is now active.
+#[derive(Clone, Debug)]
+pub struct Installed {
+    pub digest: Digest,
+    /// `<root>/<module>/versions/<hex>`.
+    pub path: PathBuf,
+    /// Regular files and hard links written, across layers.
+    pub files: u64,
+    /// Bytes of file data written, across layers.
+    pub bytes: u64,
+}
+
+/// What one layer added.
+#[derive(Clone, Debug, Default)]
+pub struct LayerStats {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// The download directory.
+#[derive(Clone, Debug)]
+pub struct ModuleStore {
+    root: PathBuf,
+    limits: Limits,
+}
+
+impl ModuleStore {
+    pub fn new(root: impl Into<PathBuf>, limits: Limits) -> Self {
+        Self {
+            root: root.into(),
+            limits,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// True when `<root>/<module>/versions/<hex>` is a directory and `dev` points at it.
+    pub fn is_active(&self, module: &str, digest: &Digest) -> bool {
+        self.active(module).as_ref() == Some(digest)
+            && self
+                .version_dir(module, digest)
+                .symlink_metadata()
+                .is_ok_and(|meta| meta.is_dir())
+    }
+
+    /// The digest `dev` points at, if any (whether or not that directory exists).
+    pub fn active(&self, module: &str) -> Option<Digest> {
+        check_module_name(module).ok()?;
+        layout::dev_target(&self.module_dir(module))
+    }
+
+    /// Creates an empty `<root>/<module>/.staging-<hex>-<random>` next to `versions/`, so that the
+    /// final rename stays on one filesystem.
+    pub fn stage(&self, module: &str, digest: &Digest) -> Result<Staging, StorageError> {
+        check_module_name(module)?;
+        let module_dir = self.module_dir(module);
+        std::fs::create_dir_all(&module_dir).map_err(StorageError::write(&module_dir))?;
+        let path = module_dir.join(format!(
+            "{}{}-{}",
+            STAGING_PREFIX,
+            digest.hex(),
+            random_suffix()
+        ));
+        std::fs::create_dir(&path).map_err(StorageError::write(&path))?;
+        tracing::debug!(module, %digest, path = %path.display(), "staging created");
+        Ok(Staging {
+            store: self.clone(),
+            module: module.to_owned(),
+            digest: digest.clone(),
+            path,
+            entries: 0,
+            unpacked_bytes: 0,
+            files: 0,
+            file_bytes: 0,
+            modes: BTreeMap::new(),
+            committed: false,
+        })
+    }
+
+    fn module_dir(&self, module: &str) -> PathBuf {
+        self.root.join(module)
+    }
+
+    fn version_dir(&self, module: &str, digest: &Digest) -> PathBuf {
+        self.module_dir(module).join(VERSIONS).join(digest.hex())
+    }
+}
+
+/// A module being unpacked. Dropping it without [`Staging::commit`] removes the directory.
+#[derive(Debug)]
+pub struct Staging {
+    store: ModuleStore,
+    module: String,
+    digest: Digest,
+    path: PathBuf,
+    /// Running totals across layers, for the limits and for [`Installed`].
+    entries: u64,
+    unpacked_bytes: u64,
+    files: u64,
+    file_bytes: u64,
+    /// Final permission bits by relative path. They are applied at commit: applied earlier, a
+    /// read-only directory from one layer would stop the next layer from writing into it.
+    modes: BTreeMap<PathBuf, u32>,
+    committed: bool,
+}
+
+impl Staging {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        if let Err(err) = tree::remove_tree(&self.path) {
+            let path = self.path.display();
+            tracing::warn!(%path, error = %err, "cannot remove staging directory; the sweep will");
+        }
+    }
+}
+
+const VERSIONS: &str = "versions";
+const DEV: &str = "dev";
+const MODULES: &str = "modules";
+const STAGING_PREFIX: &str = ".staging-";
+
+/// Module names become directory names next to `modules/` and the dot-prefixed work entries.
+fn check_module_name(name: &str) -> Result<(), StorageError> {
+    let reason = if name.is_empty() {
+        Some("is empty")
+    } else if name.len() > 200 {
+        Some("is longer than 200 bytes")
+    } else if name.starts_with('.') {
+        Some("starts with a dot")
+    } else if name.contains(['/', '\\', '\0']) {
+        Some("contains a path separator or NUL")
+    } else if name == MODULES {
+        Some("is reserved for the module loader's link directory")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(StorageError::BadModuleName {
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Suffix for work entries; only needs to avoid collisions between concurrent attempts.
+fn random_suffix() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_module_names_that_collide_with_the_layout() {
+        let store = ModuleStore::new("/nonexistent", Limits::default());
+        let digest = Digest::of(b"x");
+        for bad in ["", ".staging", "a/b", "..", "modules", "a\0b"] {
+            let err = store.stage(bad, &digest).map(|_| ()).unwrap_err();
+            assert_eq!(err.class(), FailureClass::InvalidModule, "{bad:?}");
+            assert!(!store.is_active(bad, &digest));
+        }
+    }
+
+    #[test]
+    fn default_limits_match_the_spec() {
+        let limits = Limits::default();
+        assert_eq!(limits.max_unpacked_bytes, 2 << 30);
+        assert_eq!(limits.max_entries, 100_000);
+    }
+}
