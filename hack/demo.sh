@@ -11,7 +11,7 @@ say "installing system packages and building kube-apiserver/kubectl if needed (f
 bash hack/install-deps.sh >/dev/null
 bash hack/k8s-bins.sh >/dev/null
 say "building the operator"
-cargo build --locked --release --bin mpo-operator 2>&1 | tail -1
+cargo build --locked --release --bin mpo-operator
 
 demo=$root/.mpo/demo
 rm -rf "$demo" && mkdir -p "$demo"
@@ -78,6 +78,7 @@ cat <<TXT
 The operator is running. In another terminal:
   export KUBECONFIG=$KUBECONFIG PATH=$(dirname "$MPO_TEST_KUBECTL"):\$PATH
   kubectl get mop echo -o yaml
+  echo '{"version": "v0.0.2"}' > $demo/src/echo/version.json       # change the module
   python3 hack/push-module.py $demo/src/echo http://127.0.0.1:$port deckhouse/modules/echo main-patch-03354
   kubectl annotate mop echo renew=""        # picks up the new digest at once
   ls -l $demo/downloaded/echo/

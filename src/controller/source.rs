@@ -18,14 +18,17 @@ pub async fn load_source(
         .await?)
 }
 
-/// SPEC §3.2: a source that lists modules must list this one.
+/// SPEC §3.2: a source that lists modules must list this one. "Lists modules" is judged by
+/// `modulesCount` (written by the scan or whoever owns the list), not by the entries alone: the
+/// entries also hold the `overridden` flags of other MPOs, which would make an unscanned source
+/// look like one that lists only those modules.
 pub fn check_module_listed(source: &ModuleSource, module: &str) -> Result<(), PassError> {
-    let modules = source
-        .status
-        .as_ref()
+    let status = source.status.as_ref();
+    let scanned = status.and_then(|s| s.modules_count).unwrap_or_default() > 0;
+    let modules = status
         .and_then(|s| s.modules.as_deref())
         .unwrap_or_default();
-    if modules.is_empty() || modules.iter().any(|m| m.name == module) {
+    if !scanned || modules.iter().any(|m| m.name == module) {
         Ok(())
     } else {
         Err(PassError::ModuleNotListed {
@@ -75,5 +78,52 @@ fn credentials_message(err: &DockerCfgError, source_name: &str) -> String {
             format!("no credentials for {host} in the dockerCfg of ModuleSource {source_name:?}")
         }
         other => format!("ModuleSource {source_name:?}: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ModuleSourceSpec, ModuleSourceStatus, RegistrySpec, SourceModule};
+
+    fn source(count: Option<i64>, names: &[&str]) -> ModuleSource {
+        let spec = ModuleSourceSpec {
+            registry: RegistrySpec {
+                repo: "r/m".into(),
+                docker_cfg: Default::default(),
+                ca: None,
+                scheme: Scheme::Https,
+            },
+            release_channel: None,
+        };
+        let mut s = ModuleSource::new("src", spec);
+        s.status = Some(ModuleSourceStatus {
+            modules: Some(
+                names
+                    .iter()
+                    .map(|n| SourceModule {
+                        name: (*n).into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            modules_count: count,
+            ..Default::default()
+        });
+        s
+    }
+
+    #[test]
+    fn only_a_source_that_lists_modules_can_miss_one() {
+        assert!(
+            check_module_listed(&source(None, &["other"]), "echo").is_ok(),
+            "override entries alone"
+        );
+        assert!(check_module_listed(&source(Some(0), &[]), "echo").is_ok());
+        assert!(check_module_listed(&source(Some(2), &["echo", "b"]), "echo").is_ok());
+        assert!(matches!(
+            check_module_listed(&source(Some(1), &["other"]), "echo"),
+            Err(PassError::ModuleNotListed { .. })
+        ));
     }
 }

@@ -47,8 +47,8 @@ pub fn renew_removal_patch(mpo: &ModulePullOverride) -> Option<Value> {
     (!present.is_empty()).then(|| json!({ "metadata": { "annotations": present } }))
 }
 
-/// A hash of everything a pass reads from the API: the MPO's spec and the source's spec and
-/// module list. Status writes and the source's syncTime do not change it.
+/// A hash of everything a pass reads from the API: the MPO's spec, the source's spec and
+/// whether the source lists the module. Status writes and the source's syncTime do not change it.
 pub fn fingerprint(mpo: &ModulePullOverride, source: Option<&ModuleSource>) -> u64 {
     let mut hasher = DefaultHasher::new();
     serde_json::to_string(&mpo.spec)
@@ -59,13 +59,9 @@ pub fn fingerprint(mpo: &ModulePullOverride, source: Option<&ModuleSource>) -> u
         serde_json::to_string(&source.spec)
             .unwrap_or_default()
             .hash(&mut hasher);
-        let names: Vec<&str> = source
-            .status
-            .iter()
-            .flat_map(|s| s.modules.iter().flatten())
-            .map(|m| m.name.as_str())
-            .collect();
-        names.hash(&mut hasher);
+        // Only whether this module is listed matters; other MPOs' entries must not retrigger it.
+        let listed = super::source::check_module_listed(source, &mpo.name_any()).is_ok();
+        listed.hash(&mut hasher);
     }
     hasher.finish()
 }

@@ -1,0 +1,136 @@
+//! Deleting an override, restarting the operator on an empty disk, and many overrides at once.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{
+    images::{ModuleImage, large_module},
+    registry::RegistryKind,
+    scenario::{Scenario, files_under, sorted},
+    wait_for,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn deleting_an_override_clears_the_flag_and_keeps_the_files() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(cluster, "delete", RegistryKind::Plain, &[], &[]).await;
+    let module = format!("{}-m", s.id.0);
+    let digest = s
+        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
+        .await;
+    s.apply_mpo(&module, "dev", "15s");
+    s.wait_for_digest(&module, &digest, WAIT).await;
+    let finalizers = s.mpo(&module)["metadata"]["finalizers"].clone();
+    assert_eq!(
+        finalizers,
+        serde_json::json!(["modules.deckhouse.io/mpo-finalizer"])
+    );
+    let overridden = |s: &Scenario| {
+        let source = s.source_object();
+        source["status"]["modules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["name"] == module.as_str() && m["overridden"] == true)
+    };
+    wait_for("overridden: true", WAIT, || async {
+        overridden(&s).then_some(())
+    })
+    .await;
+
+    cluster.kubectl_ok(&["delete", &format!("mop/{module}"), "--timeout=30s"]);
+    assert!(!overridden(&s), "the flag is cleared once the MPO is gone");
+    assert!(
+        s.version_dir(&module, &digest)
+            .join("module.yaml")
+            .is_file(),
+        "the module stays on disk"
+    );
+    assert!(s.active_hex(&module).is_some());
+}
+
+#[tokio::test]
+async fn deleting_an_override_whose_source_is_gone_completes() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(cluster, "orphan", RegistryKind::Plain, &[], &[]).await;
+    let module = format!("{}-m", s.id.0);
+    let digest = s
+        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
+        .await;
+    s.apply_mpo(&module, "dev", "15s");
+    s.wait_for_digest(&module, &digest, WAIT).await;
+    cluster.kubectl_ok(&["delete", &format!("ms/{}", s.source), "--timeout=30s"]);
+    cluster.kubectl_ok(&["delete", &format!("mop/{module}"), "--timeout=30s"]);
+}
+
+#[tokio::test]
+async fn a_restarted_operator_downloads_every_module_again_onto_an_empty_disk() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(cluster, "restart", RegistryKind::Plain, &[], &[]).await;
+    let mut expected = Vec::new();
+    for n in 0..3 {
+        let module = format!("{}-m{n}", s.id.0);
+        let image = ModuleImage::module(&module, 900 + n, "1");
+        let digest = s.push(&module, "dev", &image).await;
+        s.apply_mpo(&module, "dev", "1h");
+        s.wait_for_digest(&module, &digest, WAIT).await;
+        expected.push((module, digest, image));
+    }
+    assert_eq!(s.operator.stop(), Some(0), "SIGTERM exits 0");
+    std::fs::remove_dir_all(s.operator.download_root()).expect("wipe");
+    s.operator.restart();
+    for (module, digest, image) in &expected {
+        wait_for(&format!("{module} on disk again"), WAIT, || async {
+            (files_under(&s.version_dir(module, digest)) == sorted(image.files())).then_some(())
+        })
+        .await;
+        assert_eq!(
+            s.active_hex(module).as_deref(),
+            Some(digest.trim_start_matches("sha256:"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn small_modules_do_not_wait_for_a_large_one() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(
+        cluster,
+        "concurrency",
+        RegistryKind::Plain,
+        &[],
+        &["--concurrency=4"],
+    )
+    .await;
+    let large = format!("{}-large", s.id.0);
+    let large_digest = s
+        .push(&large, "dev", &large_module(&large, 384 << 20))
+        .await;
+    let mut small = Vec::new();
+    for n in 0..9 {
+        let module = format!("{}-s{n}", s.id.0);
+        small.push((
+            module.clone(),
+            s.push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
+                .await,
+        ));
+    }
+    s.apply_mpo(&large, "dev", "1h");
+    for (module, _) in &small {
+        s.apply_mpo(module, "dev", "1h");
+    }
+    for (module, digest) in &small {
+        s.wait_for_digest(module, digest, WAIT).await;
+    }
+    let large_status = s.mpo(&large)["status"]["imageDigest"].clone();
+    assert_ne!(
+        large_status,
+        large_digest.as_str(),
+        "the large module was still downloading when all small ones were Ready"
+    );
+    s.wait_for_digest(&large, &large_digest, Duration::from_secs(180))
+        .await;
+}
