@@ -58,7 +58,7 @@ for m in echo hello-world; do
 done
 
 say "applying crds/ and examples/ (the source pointed at the local registry)"
-kubectl apply --server-side -f crds/ >/dev/null
+kubectl apply --server-side -k crds/ >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 sed -e "s#repo: registry.example.com/deckhouse/modules#repo: $repo#" -e 's#scheme: HTTPS#scheme: HTTP#' \
   examples/module-source.yaml | kubectl apply -f -

@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use mpo_operator::crd::{all_crds, crd_yaml};
+use mpo_operator::crd::{all_crds, crd_yaml, kustomization_yaml};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -13,16 +13,20 @@ fn main() -> ExitCode {
             .find(|a| !a.starts_with("--"))
             .map_or("crds", |s| s),
     );
-    let mut drifted = false;
+    let mut files = Vec::new();
     for (file, crd) in all_crds() {
-        let path = dir.join(file);
-        let text = match crd_yaml(&crd) {
-            Ok(text) => text,
+        match crd_yaml(&crd) {
+            Ok(text) => files.push((file, text)),
             Err(e) => {
                 eprintln!("crdgen: cannot render {file}: {e}");
                 return ExitCode::FAILURE;
             }
-        };
+        }
+    }
+    files.push(("kustomization.yaml", kustomization_yaml()));
+    let mut drifted = false;
+    for (file, text) in files {
+        let path = dir.join(file);
         let current = std::fs::read_to_string(&path).unwrap_or_default();
         if current == text {
             continue;

@@ -4,7 +4,11 @@ use std::{
     time::Instant,
 };
 
-use kube::Client;
+use kube::{
+    Client, Resource,
+    runtime::events::{Event, EventType, Recorder, Reporter},
+};
+use tracing::warn;
 
 use crate::{
     metrics::Metrics,
@@ -19,6 +23,7 @@ pub struct Context {
     pub store: ModuleStore,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
+    recorder: Recorder,
     registries: Mutex<HashMap<String, (String, Registry)>>,
     checks: Mutex<HashMap<String, LastCheck>>,
 }
@@ -40,7 +45,12 @@ impl Context {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let reporter = Reporter {
+            controller: "mpo-operator".into(),
+            instance: settings.identity.clone(),
+        };
         Self {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             store,
             settings,
@@ -70,6 +80,30 @@ impl Context {
         let registry = Registry::new(config)?;
         cache.insert(source.to_owned(), (key, registry.clone()));
         Ok(registry)
+    }
+
+    /// Publishes a Kubernetes Event on `object`; a failure to publish is logged, not fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            warn!("cannot publish event {reason}: {e}");
+        }
     }
 
     pub fn last_check(&self, key: &str) -> Option<LastCheck> {

@@ -6,6 +6,7 @@ mod cleanup;
 mod context;
 mod error;
 mod fetch;
+mod leader;
 mod reconcile;
 mod scan;
 mod source;
@@ -20,6 +21,7 @@ use kube::{
     api::ListParams,
     runtime::{Controller, controller, watcher},
 };
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use context::Context;
@@ -32,21 +34,27 @@ use crate::{
     storage::{Limits, ModuleStore},
 };
 
-/// Errors that stop the operator from starting.
+/// Errors that stop the operator from starting, or stop it afterwards.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot connect to Kubernetes: {0}")]
     Client(#[source] kube::Error),
     #[error(
-        "the ModulePullOverride CRD is not installed or not readable ({0}); install it with `kubectl apply -f crds/`"
+        "the ModulePullOverride CRD is not installed or not readable ({0}); install it with `kubectl apply --server-side -k crds/`"
     )]
     CrdMissing(#[source] kube::Error),
     #[error("cannot prepare the download directory: {0}")]
     Storage(#[from] crate::storage::StorageError),
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("lost the leadership; exiting so that this replica starts over as a candidate")]
+    LostLeadership,
 }
 
-/// Runs until SIGTERM/SIGINT: both controllers share one context.
+/// Runs until SIGTERM/SIGINT (exit 0, after in-flight passes finished and the lease was
+/// released) or until the lease is lost (an error: the process restarts as a candidate).
 pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartError> {
+    let shutdown = shutdown_on_signals();
     let client = Client::try_default().await.map_err(StartError::Client)?;
     preflight(&client).await?;
     let store = ModuleStore::new(
@@ -58,23 +66,87 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     );
     let swept = store.sweep()?;
     info!(dir = %settings.download_dir.display(), staging_removed = swept, "download directory ready");
+
+    let leadership = if settings.leader_election {
+        tokio::select! {
+            leadership = leader::Leadership::acquire(client.clone(), &settings) => Some(leadership?),
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    } else {
+        None
+    };
+    let stop = shutdown.child_token();
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = leadership
+        .as_ref()
+        .map(|l| tokio::spawn(stop_when_lost(l.lost(), stop.clone(), lost.clone())));
+
     let scan = settings.scan_module_sources;
     let concurrency = settings.concurrency;
     let ctx = Arc::new(Context::new(client.clone(), store, settings, metrics));
-    metrics_ready(&ctx);
-
-    let overrides = override_controller(client.clone(), ctx.clone(), concurrency);
+    ctx.metrics.set_ready(true);
+    let overrides = override_controller(client.clone(), ctx.clone(), concurrency, stop.clone());
     if scan {
-        futures::future::join(overrides, scan_controller(client, ctx.clone())).await;
+        futures::future::join(overrides, scan_controller(client, ctx.clone(), stop)).await;
     } else {
         overrides.await;
     }
-    info!("controllers stopped");
-    Ok(())
+    ctx.metrics.set_ready(false);
+    info!("controllers stopped; in-flight passes finished");
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+    }
+    if lost.load(std::sync::atomic::Ordering::Relaxed) {
+        Err(StartError::LostLeadership)
+    } else {
+        Ok(())
+    }
 }
 
-fn metrics_ready(ctx: &Context) {
-    ctx.metrics.set_ready(true);
+async fn stop_when_lost(
+    lost_lease: impl Future<Output = ()>,
+    stop: CancellationToken,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+) {
+    tokio::select! {
+        () = lost_lease => {
+            warn!("lost the lease; stopping the controllers");
+            lost.store(true, std::sync::atomic::Ordering::Relaxed);
+            stop.cancel();
+        }
+        () = stop.cancelled() => {}
+    }
+}
+
+/// Cancelled on the first SIGTERM or SIGINT.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown requested: no new passes; waiting for the ones in flight");
+        cancel.cancel();
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the operator");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 async fn preflight(client: &Client) -> Result<(), StartError> {
@@ -85,7 +157,12 @@ async fn preflight(client: &Client) -> Result<(), StartError> {
     Ok(())
 }
 
-async fn override_controller(client: Client, ctx: Arc<Context>, concurrency: u16) {
+async fn override_controller(
+    client: Client,
+    ctx: Arc<Context>,
+    concurrency: u16,
+    stop: CancellationToken,
+) {
     let mpos = Api::<ModulePullOverride>::all(client.clone());
     let sources = Api::<ModuleSource>::all(client);
     let controller = Controller::new(mpos, watch_config(&ctx));
@@ -96,7 +173,7 @@ async fn override_controller(client: Client, ctx: Arc<Context>, concurrency: u16
                 .collect::<Vec<_>>()
         })
         .with_config(controller::Config::default().concurrency(concurrency))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
             match result {
@@ -108,10 +185,10 @@ async fn override_controller(client: Client, ctx: Arc<Context>, concurrency: u16
         .await;
 }
 
-async fn scan_controller(client: Client, ctx: Arc<Context>) {
+async fn scan_controller(client: Client, ctx: Arc<Context>, stop: CancellationToken) {
     let sources = Api::<ModuleSource>::all(client);
     Controller::new(sources, watch_config(&ctx))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(stop.cancelled_owned())
         .run(scan::scan_source, scan::scan_error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
@@ -134,6 +211,8 @@ fn log_controller_error<E: std::error::Error, Q: std::error::Error>(err: &contro
     match err {
         // Already logged by the error policy.
         controller::Error::ReconcilerFailed(..) => {}
+        // A queued object that was deleted meanwhile: nothing to do.
+        controller::Error::ObjectNotFound(object) => debug!(%object, "object gone before its pass"),
         other => warn!("controller: {other}"),
     }
 }

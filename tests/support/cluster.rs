@@ -109,7 +109,7 @@ impl Cluster {
         CRDS.get_or_init(|| {
             let crds = repo_root().join("crds");
             let crds = crds.to_str().expect("utf-8 path");
-            self.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
+            self.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-k", crds]);
             self.kubectl_ok(&[
                 "wait",
                 "--for=condition=Established",

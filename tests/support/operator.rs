@@ -22,6 +22,11 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator for test `id` with extra flags (e.g. `--log-format json`).
     pub fn start(cluster: &Cluster, id: &TestId, extra: &[&str]) -> Self {
+        Self::start_as(&cluster.kubeconfig, id, extra)
+    }
+
+    /// Starts the operator authenticated by `kubeconfig` (e.g. a ServiceAccount token's).
+    pub fn start_as(kubeconfig: &Path, id: &TestId, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let download_dir = dir.path().join("downloaded");
         let port = TcpListener::bind("127.0.0.1:0")
@@ -37,9 +42,10 @@ impl Operator {
             metrics_addr.clone(),
             "--watch-selector".into(),
             id.label(),
-            "--log-level".into(),
-            "info,mpo_operator=debug".into(),
         ];
+        if !extra.iter().any(|a| a.starts_with("--log-level")) {
+            args.extend(["--log-level".into(), "info,mpo_operator=debug".into()]);
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut operator = Self {
             child: None,
@@ -47,7 +53,7 @@ impl Operator {
             log_path: dir.path().join("operator.log"),
             metrics_addr,
             args,
-            kubeconfig: cluster.kubeconfig.clone(),
+            kubeconfig: kubeconfig.to_owned(),
             _dir: dir,
         };
         operator.spawn();
@@ -113,6 +119,23 @@ impl Operator {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// GET `path` on the metrics server: (status, body), or None when it does not answer.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        let out = Command::new("curl")
+            .args(["-s", "--noproxy", "*", "-m", "5", "-w", "\n%{http_code}"])
+            .arg(format!("http://{}{path}", self.metrics_addr))
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n')?;
+        let code: u16 = code.trim().parse().ok()?;
+        (code != 0).then(|| (code, body.to_owned()))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -1,0 +1,370 @@
+//! Running in a cluster: the deploy/ manifests against the real apiserver, the operator working
+//! under its own ServiceAccount's RBAC, leader election, metrics, events and graceful shutdown.
+
+mod support;
+
+use std::{path::PathBuf, time::Duration};
+
+use support::{
+    Operator,
+    cluster::{Cluster, repo_root, stderr},
+    images::ModuleImage,
+    registry::RegistryKind,
+    scenario::Scenario,
+    wait_for,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Applies deploy/ for real (no pods run: there is no controller-manager) and returns a
+/// kubeconfig holding a TokenRequest token of the operator's ServiceAccount.
+fn service_account_kubeconfig(cluster: &Cluster, dir: &std::path::Path) -> PathBuf {
+    let deploy = repo_root().join("deploy");
+    cluster.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-k",
+        deploy.to_str().expect("utf-8"),
+    ]);
+    let token = cluster.kubectl_ok(&[
+        "create",
+        "token",
+        "mpo-operator",
+        "-n",
+        "mpo-operator",
+        "--duration=1h",
+    ]);
+    let admin = std::fs::read_to_string(&cluster.kubeconfig).expect("kubeconfig");
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("yaml");
+    config["users"][0]["user"] =
+        serde_yaml::from_str(&format!("token: {}", token.trim())).expect("token yaml");
+    config["users"][0]["name"] = "mpo-operator".into();
+    config["contexts"][0]["context"]["user"] = "mpo-operator".into();
+    let path = dir.join("sa.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config).expect("yaml")).expect("write");
+    path
+}
+
+#[test]
+fn the_deploy_manifests_pass_a_server_side_dry_run() {
+    let cluster = require_cluster!();
+    cluster.install_crds();
+    // Namespaced objects can only be dry-run into an existing namespace.
+    let _ = cluster.kubectl(&["create", "namespace", "mpo-operator"]);
+    let deploy = repo_root().join("deploy");
+    let out = cluster.kubectl_ok(&[
+        "apply",
+        "--dry-run=server",
+        "-k",
+        deploy.to_str().expect("utf-8"),
+    ]);
+    for object in [
+        "serviceaccount/mpo-operator",
+        "clusterrole.rbac.authorization.k8s.io/mpo-operator",
+        "deployment.apps/mpo-operator",
+    ] {
+        assert!(out.contains(object), "{object} missing from:\n{out}");
+    }
+    let deployment: serde_json::Value = serde_json::from_str(&cluster.kubectl_ok(&[
+        "apply",
+        "--dry-run=server",
+        "-k",
+        deploy.to_str().expect("utf-8"),
+        "-o",
+        "json",
+    ]))
+    .expect("json");
+    let items = deployment["items"].as_array().expect("items");
+    let spec = items
+        .iter()
+        .find(|i| i["kind"] == "Deployment")
+        .expect("deployment")["spec"]["template"]["spec"]
+        .clone();
+    let container = &spec["containers"][0];
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert!(
+        container["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .any(|a| a == "--leader-election=true")
+    );
+}
+
+#[tokio::test]
+async fn the_operator_works_with_only_its_service_account_rights() {
+    let cluster = require_cluster!();
+    let dir = tempfile::tempdir().expect("temp dir");
+    cluster.install_crds();
+    let kubeconfig = service_account_kubeconfig(cluster, dir.path());
+    let mut s = Scenario::start(cluster, "rbac", RegistryKind::Htpasswd, &["a"], &[]).await;
+    s.operator.kill();
+    s.operator = Operator::start_as(
+        &kubeconfig,
+        &s.id,
+        &[
+            "--leader-election=true",
+            "--lease-namespace=mpo-operator",
+            "--lease-name",
+            &s.id.0,
+        ],
+    );
+    let module = format!("{}-m", s.id.0);
+    support::images::push_module_names(&s.registry, support::scenario::REPO_PATH, &[&module])
+        .await
+        .expect("names");
+    let digest = s
+        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
+        .await;
+    s.apply_mpo(&module, "dev", "15s");
+    s.wait_for_digest(&module, &digest, WAIT).await;
+    wait_for("the scan under the ServiceAccount", WAIT, || async {
+        (s.source_object()["status"]["modulesCount"] == 2).then_some(())
+    })
+    .await;
+    let log = s.operator.log();
+    assert!(
+        !log.contains("forbidden"),
+        "the ServiceAccount lacked a right:\n{log}"
+    );
+
+    // Denied what it does not need.
+    let kc = kubeconfig.to_str().expect("utf-8");
+    for args in [
+        &["get", "secrets", "-A"][..],
+        &["get", "pods", "-n", "mpo-operator"],
+        &["delete", "ms", s.source.as_str()],
+    ] {
+        let mut full = vec!["--kubeconfig", kc];
+        full.extend_from_slice(args);
+        let out = cluster.kubectl(&full);
+        assert!(!out.status.success(), "kubectl {args:?} was allowed");
+        assert!(stderr(&out).contains("forbidden"), "{}", stderr(&out));
+    }
+}
+
+#[tokio::test]
+async fn one_leader_reconciles_and_a_standby_takes_over() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(
+        cluster,
+        "leader",
+        RegistryKind::Plain,
+        &[],
+        &["--scan-module-sources=false"],
+    )
+    .await;
+    s.operator.kill();
+    let lease_name = s.id.0.clone();
+    let lease = [
+        "--leader-election=true",
+        "--lease-namespace=default",
+        "--lease-name",
+        &lease_name,
+        "--scan-module-sources=false",
+    ];
+    let mut first = Operator::start(cluster, &s.id, &lease);
+    wait_for("the first replica to lead", WAIT, || async {
+        (first.http_get("/readyz")?.0 == 200).then_some(())
+    })
+    .await;
+    let mut second = Operator::start(cluster, &s.id, &lease);
+    wait_for("the standby to serve /healthz", WAIT, || async {
+        (second.http_get("/healthz")?.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(
+        second.http_get("/readyz").map(|r| r.0),
+        Some(503),
+        "a standby is not ready"
+    );
+
+    let module = format!("{}-m", s.id.0);
+    let digest = s
+        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
+        .await;
+    s.apply_mpo(&module, "dev", "1h");
+    s.wait_for_digest(&module, &digest, WAIT).await;
+    assert!(
+        first.module_dir(&module).join("dev").exists(),
+        "the leader downloaded"
+    );
+    assert!(
+        !second.module_dir(&module).exists(),
+        "the standby did nothing"
+    );
+
+    // Metrics of the leader moved.
+    let (code, metrics) = first.http_get("/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("mpo_reconciles_total{result=\"Updated\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("mpo_seconds_since_last_check{{mpo=\"{module}\"}}")),
+        "{metrics}"
+    );
+    let downloaded: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mpo_downloaded_bytes_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("bytes counter");
+    assert!(downloaded > 0.0, "{metrics}");
+
+    // Kill the leader: the standby takes over within the lease duration and fills its own disk.
+    first.kill();
+    let took = std::time::Instant::now();
+    wait_for(
+        "the standby to take over",
+        Duration::from_secs(40),
+        || async { (second.module_dir(&module).join("dev/module.yaml").is_file()).then_some(()) },
+    )
+    .await;
+    assert!(
+        took.elapsed() < Duration::from_secs(15 + 10),
+        "took over after {:?}",
+        took.elapsed()
+    );
+    assert_eq!(second.http_get("/readyz").map(|r| r.0), Some(200));
+
+    // SIGTERM releases the lease: a new standby takes over long before the lease would expire.
+    let third = Operator::start(cluster, &s.id, &lease);
+    wait_for("the third replica to serve", WAIT, || async {
+        (third.http_get("/healthz")?.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(second.stop(), Some(0), "SIGTERM exits 0");
+    let handover = std::time::Instant::now();
+    wait_for(
+        "the third replica to lead",
+        Duration::from_secs(30),
+        || async { (third.http_get("/readyz")?.0 == 200).then_some(()) },
+    )
+    .await;
+    assert!(
+        handover.elapsed() < Duration::from_secs(10),
+        "released lease taken after {:?}",
+        handover.elapsed()
+    );
+    s.operator = third;
+}
+
+#[tokio::test]
+async fn events_tell_of_a_digest_change_and_of_a_failure_once() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(
+        cluster,
+        "events",
+        RegistryKind::Plain,
+        &[],
+        &["--scan-module-sources=false"],
+    )
+    .await;
+    let module = format!("{}-m", s.id.0);
+    let digest = s
+        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
+        .await;
+    s.apply_mpo(&module, "dev", "2s");
+    s.wait_for_digest(&module, &digest, WAIT).await;
+    let describe = wait_for("the ModuleUpdated event", WAIT, || async {
+        let text = cluster.kubectl_ok(&["describe", "mop", &module]);
+        text.contains("ModuleUpdated").then_some(text)
+    })
+    .await;
+    assert!(describe.contains(&digest), "{describe}");
+
+    s.apply_mpo(&module, "missing-tag", "2s");
+    s.wait_for_message(&module, "manifest unknown", WAIT).await;
+    // Several more failing checks at a 2 s interval, each identical.
+    let checks = s.registry.count_requests("HEAD", "missing-tag");
+    wait_for("three more failing checks", WAIT, || async {
+        (s.registry.count_requests("HEAD", "missing-tag") >= checks + 3).then_some(())
+    })
+    .await;
+    let selector = format!("regarding.name={module},reason=ResolveFailed");
+    let events = cluster.kubectl_ok(&[
+        "get",
+        "events.events.k8s.io",
+        "-A",
+        "--field-selector",
+        &selector,
+        "-o",
+        "json",
+    ]);
+    let events: serde_json::Value = serde_json::from_str(&events).expect("json");
+    let items = events["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "one event for the failure: {items:?}");
+    assert!(
+        items[0]["series"].is_null(),
+        "identical failures are not re-published: {}",
+        items[0]
+    );
+    let describe = cluster.kubectl_ok(&["describe", "mop", &module]);
+    assert!(
+        describe.contains("ResolveFailed") && describe.contains("Warning"),
+        "{describe}"
+    );
+}
+
+#[tokio::test]
+async fn json_logs_have_one_line_per_step_and_nothing_at_info_when_idle() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(
+        cluster,
+        "logs",
+        RegistryKind::Plain,
+        &[],
+        &[
+            "--log-format=json",
+            "--log-level=info",
+            "--scan-module-sources=false",
+        ],
+    )
+    .await;
+    let module = format!("{}-m", s.id.0);
+    let digest = s
+        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
+        .await;
+    s.apply_mpo(&module, "dev", "1s");
+    s.wait_for_digest(&module, &digest, WAIT).await;
+    let lines_when_ready = s.operator.log().lines().count();
+    let heads = s.registry.count_requests("HEAD", &module);
+    wait_for("a few idle checks", WAIT, || async {
+        (s.registry.count_requests("HEAD", &module) >= heads + 3).then_some(())
+    })
+    .await;
+    let log = s.operator.log();
+    let entries: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for step in [
+        "resolved a digest to download",
+        "downloading",
+        "unpacked and switched in",
+        "status patched",
+    ] {
+        assert!(
+            entries.iter().any(|e| e["message"] == step),
+            "no {step:?} line in:\n{log}"
+        );
+    }
+    let idle: Vec<&serde_json::Value> = entries[lines_when_ready..]
+        .iter()
+        .filter(|e| e["level"] == "INFO")
+        .collect();
+    assert!(idle.is_empty(), "info lines while idle: {idle:?}");
+}
