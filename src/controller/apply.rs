@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use super::{
     Context, ControllerError, PassError,
     context::LastCheck,
-    error::backoff,
+    error::retry_delay,
     fetch::download_and_install,
     source::{check_module_listed, load_source, registry_for},
     status::{self, Outcome},
@@ -61,9 +61,10 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
 
     let previous_failures = ctx.last_check(&name).map_or(0, |c| c.failures);
     let (wait, failures) = match &outcome {
-        Outcome::Failed(err) if err.is_transient() => {
-            (backoff(previous_failures, interval), previous_failures + 1)
-        }
+        Outcome::Failed(err) if err.is_transient() => (
+            retry_delay(previous_failures, interval, err.retry_after()),
+            previous_failures + 1,
+        ),
         Outcome::Failed(_) => (interval, 0),
         Outcome::InSync { .. } => (triggers::jittered(interval, &name), 0),
     };

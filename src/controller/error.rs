@@ -33,6 +33,7 @@ pub enum PassError {
         reference: String,
         cause: String,
         transient: bool,
+        retry_after: Option<Duration>,
     },
     #[error("invalid module {module}@{digest}: {cause}")]
     InvalidModule {
@@ -69,6 +70,15 @@ impl PassError {
         }
     }
 
+    /// The registry's `Retry-After`, when it sent one with this failure.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Resolve { cause, .. } => cause.retry_after(),
+            Self::Download { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// The module on disk may still be right for these: they are about reaching the registry.
     pub fn allows_override_flag(&self) -> bool {
         !matches!(
@@ -81,6 +91,7 @@ impl PassError {
         let transient = cause.is_transient();
         Self::Download {
             reference: image.at_digest(digest),
+            retry_after: cause.retry_after(),
             cause: cause.to_string(),
             transient,
         }
@@ -92,6 +103,7 @@ impl PassError {
                 reference: image.at_digest(digest),
                 cause: err.to_string(),
                 transient: false,
+                retry_after: None,
             },
             FailureClass::InvalidModule => Self::InvalidModule {
                 module: image.module().to_owned(),
@@ -143,6 +155,13 @@ pub fn backoff(failures: u32, cap: Duration) -> Duration {
     exp.min(cap)
 }
 
+/// The wait before retrying a transient failure: the backoff, but never sooner than the
+/// registry's `Retry-After` (already capped by the registry layer), which may exceed the cap:
+/// asking earlier would only be refused again and count against our rate limit.
+pub fn retry_delay(failures: u32, cap: Duration, retry_after: Option<Duration>) -> Duration {
+    backoff(failures, cap).max(retry_after.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +172,16 @@ mod tests {
         assert_eq!(backoff(0, cap), Duration::from_secs(1));
         assert_eq!(backoff(2, cap), Duration::from_secs(4));
         assert_eq!(backoff(9, cap), cap);
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_for_the_backoff() {
+        let cap = Duration::from_secs(15);
+        let secs = Duration::from_secs;
+        assert_eq!(retry_delay(0, cap, None), secs(1));
+        assert_eq!(retry_delay(0, cap, Some(secs(3))), secs(3));
+        assert_eq!(retry_delay(3, cap, Some(secs(3))), secs(8));
+        assert_eq!(retry_delay(9, cap, Some(secs(60))), secs(60));
     }
 
     #[test]

@@ -1,16 +1,21 @@
-use std::{pin::Pin, task::Poll, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use futures::{Stream, StreamExt};
 use oci_client::{
     Client, Reference,
     client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
-    manifest::{self, ImageIndexEntry, OciDescriptor, OciManifest},
+    manifest::{self, ImageIndexEntry, OciDescriptor, OciImageManifest, OciManifest},
     secrets::RegistryAuth,
 };
+use reqwest::Method;
 use tokio::io::AsyncRead;
 use tokio_util::io::StreamReader;
 
-use super::{ModuleRef, RegistryError, RepoName};
+use super::{
+    ModuleRef, RegistryError, RepoName,
+    http::{Http, SharedHttp, content_digest, read_body},
+    limits,
+    verify::Verified,
+};
 use crate::{Digest, crd::RegistryCredentials};
 
 /// `spec.registry.scheme`, without the Kubernetes type.
@@ -57,14 +62,13 @@ impl ImageManifest {
     }
 }
 
-/// A client for one registry with one set of credentials. Cheap to clone; bearer tokens are cached
-/// inside and reused until they expire.
+/// A client for one registry with one set of credentials. Cheap to clone; the `Authorization`
+/// that worked (bearer token or basic) is kept and reused until the registry refuses it.
 #[derive(Clone)]
 pub struct Registry {
-    client: Client,
-    auth: RegistryAuth,
+    http: SharedHttp,
     repo: RepoName,
-    request_timeout: Duration,
+    read_timeout: Duration,
 }
 
 const MANIFEST_MEDIA_TYPES: &[&str] = &[
@@ -74,34 +78,28 @@ const MANIFEST_MEDIA_TYPES: &[&str] = &[
     manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
 ];
 
+/// Registries refuse bigger manifests too (distribution: 4 MiB); more is not a manifest.
+const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
 impl Registry {
     pub fn new(config: &RegistryConfig) -> Result<Self, RegistryError> {
-        let client_config = ClientConfig {
-            protocol: match config.transport {
-                Transport::Http => ClientProtocol::Http,
-                Transport::Https => ClientProtocol::Https,
-            },
-            extra_root_certificates: parse_ca(config.ca_pem.as_deref())?,
-            platform_resolver: Some(Box::new(linux_amd64_or_only)),
-            connect_timeout: Some(config.connect_timeout),
-            read_timeout: Some(config.read_timeout),
-            user_agent: concat!("mpo-operator/", env!("CARGO_PKG_VERSION")),
-            ..ClientConfig::default()
-        };
-        let client = Client::try_from(client_config).map_err(|e| match e {
-            oci_client::errors::OciDistributionError::RequestError(_)
-                if config.ca_pem.is_some() =>
-            {
-                RegistryError::BadCa("the certificate cannot be used as a trust root".into())
-            }
-            other => RegistryError::Client(other.to_string()),
-        })?;
-        Ok(Self {
-            client,
+        let certificates = parse_ca(config.ca_pem.as_deref())?;
+        let http = Http {
+            client: reqwest_client(config, &certificates)?,
+            oci: oci_client(config, certificates)?,
             auth: to_auth(&config.credentials),
-            repo: config.repo.clone(),
-            // A whole manifest request may take a few read timeouts; none may hang a worker forever.
+            scheme: match config.transport {
+                Transport::Http => "http",
+                Transport::Https => "https",
+            },
+            // A whole request may take a few read timeouts; none may hang a worker forever.
             request_timeout: config.connect_timeout + config.read_timeout * 2,
+            authorization: std::sync::Mutex::new(HashMap::new()),
+        };
+        Ok(Self {
+            http: Arc::new(http),
+            repo: config.repo.clone(),
+            read_timeout: config.read_timeout,
         })
     }
 
@@ -109,34 +107,43 @@ impl Registry {
         &self.repo
     }
 
-    /// The digest the tag points at now: one HEAD (GET when HEAD carries no digest).
+    /// The digest the tag points at now: one HEAD. A GET follows only when the HEAD carries no
+    /// digest, or failed with a client error whose code only a response body names (manifest vs
+    /// name unknown); never after a 429 or 5xx, which would only add load to a struggling registry.
     pub async fn resolve(&self, image: &ModuleRef) -> Result<Digest, RegistryError> {
-        let reference = image.by_tag();
-        let digest = self
-            .bounded(self.client.fetch_manifest_digest(&reference, &self.auth))
-            .await??;
-        digest.parse().map_err(|_| {
-            RegistryError::BadManifest(format!("the registry returned digest {digest:?}"))
-        })
+        let url = self.http.url(image, "manifests", image.tag());
+        let head = self
+            .http
+            .exchange(Method::HEAD, image, &url, &MANIFEST_MEDIA_TYPES.join(", "))
+            .await?;
+        let status = head.response.status();
+        if status.is_success()
+            && let Some(digest) = content_digest(head.response.headers())
+        {
+            return parse_digest(digest);
+        }
+        if !status.is_success() && !worth_a_get(status) {
+            return Err(self.http.status_error(head.response).await);
+        }
+        drop(head);
+        let (body, header) = self.get_manifest(image, image.tag()).await?;
+        let digest = Digest::of(&body);
+        match header {
+            Some(claimed) if parse_digest(&claimed)? != digest => Err(RegistryError::BadManifest(
+                format!("the registry says the manifest is {claimed} but its bytes are {digest}"),
+            )),
+            _ => Ok(digest),
+        }
     }
 
     /// The image manifest at `digest` (an index is resolved to linux/amd64 or its only entry),
-    /// its bytes verified against the digest by the client.
+    /// its bytes verified against the digest.
     pub async fn manifest(
         &self,
         image: &ModuleRef,
         digest: &Digest,
     ) -> Result<ImageManifest, RegistryError> {
-        let reference = image.by_digest(digest);
-        let (raw, _) = self
-            .bounded(
-                self.client
-                    .pull_manifest_raw(&reference, &self.auth, MANIFEST_MEDIA_TYPES),
-            )
-            .await??;
-        let parsed: OciManifest = serde_json::from_slice(&raw)
-            .map_err(|e| RegistryError::BadManifest(format!("cannot parse the manifest: {e}")))?;
-        let image_manifest = match parsed {
+        let image_manifest = match self.verified_manifest(image, digest).await? {
             OciManifest::Image(m) => m,
             OciManifest::ImageIndex(index) => {
                 let chosen =
@@ -146,58 +153,175 @@ impl Registry {
                         "index entry {chosen:?} is not a sha256 digest"
                     ))
                 })?;
-                let (m, _) = self
-                    .bounded(
-                        self.client
-                            .pull_image_manifest(&image.by_digest(&chosen), &self.auth),
-                    )
-                    .await??;
-                m
+                platform_manifest(self.verified_manifest(image, &chosen).await?)?
             }
         };
         to_image_manifest(&image_manifest.layers)
     }
 
     /// The bytes of one layer. The reader fails (at the latest at its end) when the bytes do not
-    /// match the layer's digest or size, so a consumer must read it to EOF.
+    /// match the layer's digest or size, so a consumer must read it to EOF. The registry host's
+    /// request slot is held until then.
     pub async fn layer_reader(
         &self,
         image: &ModuleRef,
         layer: &Layer,
     ) -> Result<impl AsyncRead + Send + Unpin + 'static, RegistryError> {
-        let descriptor = OciDescriptor {
-            digest: layer.digest.to_string(),
-            size: i64::try_from(layer.size).unwrap_or(i64::MAX),
-            ..OciDescriptor::default()
-        };
-        let stream = self
-            .bounded(self.client.pull_blob_stream(&image.by_tag(), &descriptor))
-            .await??;
-        let checked = SizeChecked {
-            inner: stream.stream,
-            expected: layer.size,
-            seen: 0,
-        };
-        Ok(StreamReader::new(checked))
+        let url = self.http.url(image, "blobs", &layer.digest.to_string());
+        let exchange = self.http.exchange(Method::GET, image, &url, "*/*").await?;
+        if !exchange.response.status().is_success() {
+            return Err(self.http.status_error(exchange.response).await);
+        }
+        let body = Verified::new(
+            exchange.response.bytes_stream(),
+            layer.digest.clone(),
+            layer.size,
+            self.read_timeout,
+            exchange.permit,
+        );
+        Ok(StreamReader::new(body))
     }
 
     /// The tags of the root repository: the module names of the source.
     pub async fn list_modules(&self) -> Result<Vec<String>, RegistryError> {
         let reference: Reference = self.repo.root_reference();
+        let _slot = limits::acquire(reference.resolve_registry()).await;
         let mut tags = self
-            .bounded(self.client.list_tags(&reference, &self.auth, None, None))
+            .http
+            .bounded(
+                self.http
+                    .oci
+                    .list_tags(&reference, &self.http.auth, None, None),
+            )
             .await??
             .tags;
         tags.sort();
         Ok(tags)
     }
 
-    async fn bounded<T>(&self, fut: impl Future<Output = T>) -> Result<T, RegistryError> {
-        tokio::time::timeout(self.request_timeout, fut)
-            .await
-            .map_err(|_| RegistryError::Timeout(self.request_timeout))
+    /// The manifest at `digest`, refused unless its bytes hash to `digest`.
+    async fn verified_manifest(
+        &self,
+        image: &ModuleRef,
+        digest: &Digest,
+    ) -> Result<OciManifest, RegistryError> {
+        let (raw, _) = self.get_manifest(image, &digest.to_string()).await?;
+        let actual = Digest::of(&raw);
+        if actual != *digest {
+            return Err(RegistryError::BadManifest(format!(
+                "manifest digest mismatch: asked for {digest}, got bytes of {actual}"
+            )));
+        }
+        serde_json::from_slice(&raw)
+            .map_err(|e| RegistryError::BadManifest(format!("cannot parse the manifest: {e}")))
+    }
+
+    /// GET of a manifest by tag or digest: its bytes and the digest header, if any.
+    async fn get_manifest(
+        &self,
+        image: &ModuleRef,
+        reference: &str,
+    ) -> Result<(Vec<u8>, Option<String>), RegistryError> {
+        let url = self.http.url(image, "manifests", reference);
+        let accept = MANIFEST_MEDIA_TYPES.join(", ");
+        let exchange = self
+            .http
+            .exchange(Method::GET, image, &url, &accept)
+            .await?;
+        let response = exchange.response;
+        if !response.status().is_success() {
+            return Err(self.http.status_error(response).await);
+        }
+        let header = content_digest(response.headers()).map(str::to_owned);
+        let (body, truncated) = self
+            .http
+            .bounded(read_body(response, MAX_MANIFEST_BYTES))
+            .await??;
+        if truncated {
+            return Err(RegistryError::BadManifest(format!(
+                "the manifest is over {MAX_MANIFEST_BYTES} bytes"
+            )));
+        }
+        Ok((body, header))
     }
 }
+
+/// After a HEAD with this status, a GET can tell more (the registry's own error code in a body).
+fn worth_a_get(status: reqwest::StatusCode) -> bool {
+    use reqwest::StatusCode as S;
+    status.is_client_error()
+        && !matches!(
+            status,
+            S::UNAUTHORIZED | S::TOO_MANY_REQUESTS | S::REQUEST_TIMEOUT
+        )
+}
+
+fn parse_digest(text: &str) -> Result<Digest, RegistryError> {
+    text.parse()
+        .map_err(|_| RegistryError::BadManifest(format!("the registry returned digest {text:?}")))
+}
+
+/// The entry an index pointed at must be an image manifest, not another index.
+fn platform_manifest(manifest: OciManifest) -> Result<OciImageManifest, RegistryError> {
+    match manifest {
+        OciManifest::Image(m) => Ok(m),
+        OciManifest::ImageIndex(_) => Err(RegistryError::BadManifest(
+            "the index points at another index".into(),
+        )),
+    }
+}
+
+/// Used for the requests of the MPO path, with the same trust roots and timeouts as oci-client's.
+fn reqwest_client(
+    config: &RegistryConfig,
+    certificates: &[Certificate],
+) -> Result<reqwest::Client, RegistryError> {
+    let roots = certificates
+        .iter()
+        .map(reqwest::Certificate::try_from)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| RegistryError::BadCa("the certificate cannot be parsed".into()))?;
+    reqwest::Client::builder()
+        .tls_certs_merge(roots)
+        .connect_timeout(config.connect_timeout)
+        .read_timeout(config.read_timeout)
+        .user_agent(USER_AGENT)
+        .build()
+        .map_err(|_| {
+            if config.ca_pem.is_some() {
+                RegistryError::BadCa("the certificate cannot be used as a trust root".into())
+            } else {
+                RegistryError::Client("cannot build the HTTP client".into())
+            }
+        })
+}
+
+/// Used to answer auth challenges (bearer tokens) and to list tags.
+fn oci_client(
+    config: &RegistryConfig,
+    certificates: Vec<Certificate>,
+) -> Result<Client, RegistryError> {
+    let client_config = ClientConfig {
+        protocol: match config.transport {
+            Transport::Http => ClientProtocol::Http,
+            Transport::Https => ClientProtocol::Https,
+        },
+        extra_root_certificates: certificates,
+        platform_resolver: Some(Box::new(linux_amd64_or_only)),
+        connect_timeout: Some(config.connect_timeout),
+        read_timeout: Some(config.read_timeout),
+        user_agent: USER_AGENT,
+        ..ClientConfig::default()
+    };
+    Client::try_from(client_config).map_err(|e| match e {
+        oci_client::errors::OciDistributionError::RequestError(_) if config.ca_pem.is_some() => {
+            RegistryError::BadCa("the certificate cannot be used as a trust root".into())
+        }
+        other => RegistryError::Client(other.to_string()),
+    })
+}
+
+const USER_AGENT: &str = concat!("mpo-operator/", env!("CARGO_PKG_VERSION"));
 
 fn to_image_manifest(layers: &[OciDescriptor]) -> Result<ImageManifest, RegistryError> {
     if layers.is_empty() {
@@ -290,58 +414,9 @@ fn validate_pem_body(body: &str) -> Result<(), RegistryError> {
         .map_err(|_| RegistryError::BadCa("a certificate is not valid base64".into()))
 }
 
-/// Fails the stream when the blob is longer or shorter than the manifest says, so that a registry
-/// cannot feed an endless body.
-struct SizeChecked<S> {
-    inner: S,
-    expected: u64,
-    seen: u64,
-}
-
-impl<S> Stream for SizeChecked<S>
-where
-    S: Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
-{
-    type Item = std::io::Result<bytes::Bytes>;
-
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        match this.inner.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                this.seen += chunk.len() as u64;
-                if this.seen > this.expected {
-                    return Poll::Ready(Some(Err(size_error(
-                        this.expected,
-                        this.seen,
-                        "more than",
-                    ))));
-                }
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(None) if this.seen < this.expected => {
-                Poll::Ready(Some(Err(size_error(this.expected, this.seen, "only"))))
-            }
-            other => other,
-        }
-    }
-}
-
-fn size_error(expected: u64, seen: u64, how: &str) -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        format!(
-            "blob size mismatch: the manifest says {expected} bytes, the registry sent {how} {seen}"
-        ),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::TryStreamExt;
 
     #[test]
     fn ca_parsing_reports_garbage_clearly() {
@@ -352,28 +427,5 @@ mod tests {
         ));
         let two = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----";
         assert_eq!(parse_ca(Some(two)).expect("two").len(), 2);
-    }
-
-    #[tokio::test]
-    async fn size_check_refuses_short_and_long_blobs() {
-        let chunks = || futures::stream::iter(vec![Ok(bytes::Bytes::from_static(b"abc"))]);
-        let short = SizeChecked {
-            inner: chunks(),
-            expected: 4,
-            seen: 0,
-        };
-        assert!(short.try_collect::<Vec<_>>().await.is_err());
-        let long = SizeChecked {
-            inner: chunks(),
-            expected: 2,
-            seen: 0,
-        };
-        assert!(long.try_collect::<Vec<_>>().await.is_err());
-        let exact = SizeChecked {
-            inner: chunks(),
-            expected: 3,
-            seen: 0,
-        };
-        assert!(exact.try_collect::<Vec<_>>().await.is_ok());
     }
 }

@@ -1,11 +1,20 @@
 //! Talking to the OCI registry of a ModuleSource: reference building, client configuration
 //! (credentials, CA, scheme, timeouts), resolving a tag to a digest, pulling an image by digest
 //! as verified byte streams, and listing module names. Knows nothing about Kubernetes.
+//!
+//! Faults: every request runs in one of a few slots per registry host ([`limits`]), within a
+//! request timeout, and a body that stops flowing fails after the read timeout. Errors say
+//! whether they are transient and carry the registry's `Retry-After`, so the caller can wait
+//! as long as the registry asked.
 
 mod client;
 mod error;
+mod http;
+mod limits;
 mod reference;
+mod verify;
 
 pub use client::{ImageManifest, Layer, LayerMediaType, Registry, RegistryConfig, Transport};
-pub use error::RegistryError;
+pub use error::{MAX_RETRY_AFTER, RegistryError};
+pub use limits::{DEFAULT_MAX_REQUESTS_PER_HOST, max_requests_per_host, set_max_requests_per_host};
 pub use reference::{ModuleRef, RepoName};

@@ -106,19 +106,26 @@ impl ModuleRef {
         &self.module
     }
 
+    pub(super) fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// `<path>/<module>`: the repository part of the registry URLs and of token scopes.
+    pub(super) fn repository(&self) -> String {
+        self.repo.module_repository(&self.module)
+    }
+
+    /// The host the requests go to (`docker.io` is served by `index.docker.io`), as oci-client
+    /// resolves it, so that tokens it fetches match the host we send them to.
+    pub(super) fn endpoint(&self) -> String {
+        self.by_tag().resolve_registry().to_owned()
+    }
+
     pub(super) fn by_tag(&self) -> Reference {
         Reference::with_tag(
             self.repo.host.clone(),
             self.repo.module_repository(&self.module),
             self.tag.clone(),
-        )
-    }
-
-    pub(super) fn by_digest(&self, digest: &Digest) -> Reference {
-        Reference::with_digest(
-            self.repo.host.clone(),
-            self.repo.module_repository(&self.module),
-            digest.to_string(),
         )
     }
 

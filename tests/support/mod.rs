@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod images;
 pub mod operator;
+pub mod proxy;
 pub mod registry;
 pub mod scenario;
 pub mod wait;

@@ -73,15 +73,17 @@ impl Scenario {
     }
 
     pub fn source_yaml(&self, options: &SourceOptions) -> String {
+        self.source_yaml_at(self.registry.host(), options)
+    }
+
+    /// The source YAML with `host` (e.g. a fault proxy in front of the registry) as the registry.
+    pub fn source_yaml_at(&self, host: &str, options: &SourceOptions) -> String {
         let scheme = if self.registry.kind().has_tls() {
             "HTTPS"
         } else {
             "HTTP"
         };
-        let mut registry = format!(
-            "    repo: {}/{REPO_PATH}\n    scheme: {scheme}\n",
-            self.registry.host()
-        );
+        let mut registry = format!("    repo: {host}/{REPO_PATH}\n    scheme: {scheme}\n");
         if let Some(cfg) = options.docker_cfg.as_ref().filter(|c| !c.is_empty()) {
             registry.push_str(&format!("    dockerCfg: {cfg}\n"));
         }
@@ -99,6 +101,17 @@ impl Scenario {
 
     pub fn apply_source(&mut self, options: &SourceOptions) {
         let yaml = self.source_yaml(options);
+        self.cluster.apply_ok(&yaml);
+    }
+
+    /// Points the ModuleSource at `host` instead of the registry, e.g. a
+    /// [`FaultProxy`](super::proxy::FaultProxy) in front of it. Pushes still go to the registry.
+    pub fn route_source_through(&mut self, host: &str) {
+        let options = SourceOptions {
+            docker_cfg: Some(self.registry.docker_cfg()),
+            with_ca: true,
+        };
+        let yaml = self.source_yaml_at(host, &options);
         self.cluster.apply_ok(&yaml);
     }
 
