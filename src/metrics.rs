@@ -87,6 +87,17 @@ impl Metrics {
                 "mpo_reconcile_seconds_total{{result=\"{result}\"}} {seconds}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP mpo_registry_requests_total Registry requests by method and HTTP status (error: no response)."
+        );
+        let _ = writeln!(out, "# TYPE mpo_registry_requests_total counter");
+        for ((method, status), count) in crate::registry::request_counts() {
+            let _ = writeln!(
+                out,
+                "mpo_registry_requests_total{{method=\"{method}\",status=\"{status}\"}} {count}"
+            );
+        }
         let _ = writeln!(out, "# TYPE mpo_downloaded_bytes_total counter");
         let _ = writeln!(
             out,

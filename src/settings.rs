@@ -83,6 +83,11 @@ pub struct Settings {
     #[command(flatten)]
     pub limits: LimitSettings,
 
+    /// Most requests in flight to one registry host at once (a blob holds its slot until its body
+    /// ends), so that many MPOs do not overwhelm one registry.
+    #[arg(long, env = "MPO_REGISTRY_MAX_CONCURRENT_REQUESTS", default_value_t = crate::registry::DEFAULT_MAX_REQUESTS_PER_HOST)]
+    pub registry_max_concurrent_requests: usize,
+
     /// Timeout for connecting to a registry.
     #[arg(long, env = "MPO_REGISTRY_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub registry_connect_timeout: Duration,

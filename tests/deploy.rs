@@ -117,6 +117,7 @@ async fn the_operator_works_with_only_its_service_account_rights() {
         &[
             "--leader-election=true",
             "--lease-namespace=mpo-operator",
+            "--source-scan-interval=2s",
             "--lease-name",
             &s.id.0,
         ],
@@ -215,6 +216,10 @@ async fn one_leader_reconciles_and_a_standby_takes_over() {
     );
     assert!(
         metrics.contains(&format!("mpo_seconds_since_last_check{{mpo=\"{module}\"}}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mpo_registry_requests_total{method=\"HEAD\",status=\"200\"}"),
         "{metrics}"
     );
     let downloaded: f64 = metrics

@@ -152,7 +152,13 @@ async fn try_pass(
             changed: false,
         });
     }
-    info!(mpo = %name, image = %image, %digest, previous = ?recorded, "resolved a digest to download");
+    info!(
+        mpo = %name,
+        image = %image,
+        %digest,
+        previous = recorded.as_ref().map(ToString::to_string).unwrap_or_default(),
+        "resolved a digest to download"
+    );
     let (_, module_info) = download_and_install(ctx, &registry, &image, &digest).await?;
     Ok(Outcome::InSync {
         digest,
@@ -195,8 +201,31 @@ async fn publish(
         &Patch::Merge(status::status_patch(&desired)),
     )
     .await?;
-    info!(mpo = %name, digest = ?desired.image_digest, message = ?desired.message, "status patched");
+    info!(
+        mpo = %name,
+        digest = desired.image_digest.as_deref().unwrap_or_default(),
+        status_message = desired.message.as_deref().unwrap_or_default(),
+        "status patched"
+    );
+    announce(mpo, ctx, outcome).await;
     Ok(())
+}
+
+/// Events for what changed: a new module switched in, or a new failure. An identical failure
+/// writes no status and so repeats no event.
+async fn announce(mpo: &ModulePullOverride, ctx: &Context, outcome: &Outcome) {
+    match outcome {
+        Outcome::InSync {
+            digest,
+            changed: true,
+            ..
+        } => {
+            let note = format!("switched to {digest} of tag {}", mpo.spec.image_tag);
+            ctx.event(mpo, false, "ModuleUpdated", note).await;
+        }
+        Outcome::InSync { .. } => {}
+        Outcome::Failed(err) => ctx.event(mpo, true, err.reason(), err.to_string()).await,
+    }
 }
 
 /// SPEC §3.6: `overridden: true` in the source's entry for this module, owned by this MPO's

@@ -99,12 +99,19 @@ impl PassError {
 
     pub fn from_storage(image: &ModuleRef, digest: &Digest, err: StorageError) -> Self {
         match err.class() {
-            FailureClass::Download => Self::Download {
-                reference: image.at_digest(digest),
-                cause: err.to_string(),
-                transient: false,
-                retry_after: None,
-            },
+            FailureClass::Download => {
+                // A body that broke or stalled mid-layer is a network problem: retry with backoff.
+                let cause_in_registry = match &err {
+                    StorageError::Read { source, .. } => RegistryError::in_io_error(source),
+                    _ => None,
+                };
+                Self::Download {
+                    reference: image.at_digest(digest),
+                    transient: cause_in_registry.is_some_and(RegistryError::is_transient),
+                    retry_after: cause_in_registry.and_then(RegistryError::retry_after),
+                    cause: err.to_string(),
+                }
+            }
             FailureClass::InvalidModule => Self::InvalidModule {
                 module: image.module().to_owned(),
                 digest: digest.clone(),

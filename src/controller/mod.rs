@@ -55,6 +55,7 @@ pub enum StartError {
 /// released) or until the lease is lost (an error: the process restarts as a candidate).
 pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartError> {
     let shutdown = shutdown_on_signals();
+    crate::registry::set_max_requests_per_host(settings.registry_max_concurrent_requests);
     let client = Client::try_default().await.map_err(StartError::Client)?;
     preflight(&client).await?;
     let store = ModuleStore::new(

@@ -122,14 +122,14 @@ impl Http {
         accept: &str,
         authorization: Option<&HeaderValue>,
     ) -> Result<Response, RegistryError> {
+        let label = method.as_str().to_owned();
         let mut request = self.client.request(method, url).header(ACCEPT, accept);
         if let Some(value) = authorization {
             request = request.header(AUTHORIZATION, value.clone());
         }
-        request
-            .send()
-            .await
-            .map_err(|e| RegistryError::transport(&e))
+        let result = request.send().await;
+        super::stats::record(&label, result.as_ref().ok().map(|r| r.status().as_u16()));
+        result.map_err(|e| RegistryError::transport(&e))
     }
 
     /// What to send after a 401: `None` when we have nothing better than what was refused.

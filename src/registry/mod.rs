@@ -12,9 +12,11 @@ mod error;
 mod http;
 mod limits;
 mod reference;
+mod stats;
 mod verify;
 
 pub use client::{ImageManifest, Layer, LayerMediaType, Registry, RegistryConfig, Transport};
 pub use error::{MAX_RETRY_AFTER, RegistryError};
 pub use limits::{DEFAULT_MAX_REQUESTS_PER_HOST, max_requests_per_host, set_max_requests_per_host};
 pub use reference::{ModuleRef, RepoName};
+pub use stats::request_counts;
