@@ -134,3 +134,56 @@ async fn small_modules_do_not_wait_for_a_large_one() {
     s.wait_for_digest(&large, &large_digest, Duration::from_secs(180))
         .await;
 }
+
+#[tokio::test]
+async fn sigterm_during_a_download_finishes_it_and_exits_zero() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(
+        cluster,
+        "sigterm",
+        RegistryKind::Plain,
+        &[],
+        &["--scan-module-sources=false"],
+    )
+    .await;
+    let module = format!("{}-big", s.id.0);
+    let image = large_module(&module, 96 << 20);
+    let digest = s.push(&module, "dev", &image).await;
+    s.apply_mpo(&module, "dev", "1h");
+    wait_for("the download to start", WAIT, || async {
+        s.operator.log().contains("downloading").then_some(())
+    })
+    .await;
+    assert_eq!(s.operator.stop(), Some(0), "SIGTERM exits 0");
+    // The pass in flight was allowed to finish: the module is whole, or (if the signal came
+    // before the pass) absent, but never half-switched; no staging directory is left behind.
+    match s.active_hex(&module) {
+        Some(hex) => {
+            assert_eq!(hex, digest.trim_start_matches("sha256:"));
+            assert_eq!(
+                files_under(&s.version_dir(&module, &digest)),
+                sorted(image.files())
+            );
+        }
+        None => assert!(
+            !s.version_dir(&module, &digest).exists(),
+            "a version without dev"
+        ),
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(s.module_dir(&module))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".staging-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+    assert!(
+        s.operator.log().contains("in-flight passes finished"),
+        "{}",
+        s.operator.log()
+    );
+    s.operator.restart();
+    s.wait_for_digest(&module, &digest, WAIT).await;
+}
