@@ -9,7 +9,7 @@ use kube::{
         finalizer::{Event, finalizer},
     },
 };
-use tracing::{instrument, warn};
+use tracing::{debug, instrument, warn};
 
 use super::{Context, ControllerError, apply::apply, cleanup::cleanup};
 use crate::crd::{FINALIZER, ModulePullOverride};
@@ -36,7 +36,26 @@ pub fn error_policy(
     err: &ControllerError,
     ctx: Arc<Context>,
 ) -> Action {
+    if is_stale_finalizer_patch(err) {
+        // The cached object predates our own finalizer write; the watch brings the new one.
+        debug!(mpo = %mpo.name_any(), "finalizer already changed on the server; retrying");
+        return Action::requeue(Duration::from_secs(1));
+    }
     warn!(mpo = %mpo.name_any(), reason = err.reason(), "reconcile failed: {err}");
     ctx.metrics.reconciled(err.reason(), Duration::ZERO);
     Action::requeue(Duration::from_secs(5))
+}
+
+/// The finalizer helper guards its JSON patches with a `test` of the cached finalizers; the
+/// apiserver answers 422 (add) or 404 (remove, object already gone) when the cache is behind.
+fn is_stale_finalizer_patch(err: &ControllerError) -> bool {
+    use kube::runtime::finalizer::Error as F;
+    let ControllerError::Finalizer(inner) = err else {
+        return false;
+    };
+    match inner.as_ref() {
+        F::AddFinalizer(kube::Error::Api(s)) => s.code == 422,
+        F::RemoveFinalizer(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
 }
