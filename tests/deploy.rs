@@ -192,12 +192,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over() {
         "a standby is not ready"
     );
 
-    let module = format!("{}-m", s.id.0);
-    let digest = s
-        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
-        .await;
-    s.apply_mpo(&module, "dev", "1h");
-    s.wait_for_digest(&module, &digest, WAIT).await;
+    let (module, _) = s.ready_module("1h").await;
     assert!(
         first.module_dir(&module).join("dev").exists(),
         "the leader downloaded"
@@ -278,12 +273,7 @@ async fn events_tell_of_a_digest_change_and_of_a_failure_once() {
         &["--scan-module-sources=false"],
     )
     .await;
-    let module = format!("{}-m", s.id.0);
-    let digest = s
-        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
-        .await;
-    s.apply_mpo(&module, "dev", "2s");
-    s.wait_for_digest(&module, &digest, WAIT).await;
+    let (module, digest) = s.ready_module("2s").await;
     let describe = wait_for("the ModuleUpdated event", WAIT, || async {
         let text = cluster.kubectl_ok(&["describe", "mop", &module]);
         text.contains("ModuleUpdated").then_some(text)
@@ -339,12 +329,7 @@ async fn json_logs_have_one_line_per_step_and_nothing_at_info_when_idle() {
         ],
     )
     .await;
-    let module = format!("{}-m", s.id.0);
-    let digest = s
-        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
-        .await;
-    s.apply_mpo(&module, "dev", "1s");
-    s.wait_for_digest(&module, &digest, WAIT).await;
+    let (module, _) = s.ready_module("1s").await;
     let lines_when_ready = s.operator.log().lines().count();
     let heads = s.registry.count_requests("HEAD", &module);
     wait_for("a few idle checks", WAIT, || async {

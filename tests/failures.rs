@@ -165,12 +165,7 @@ async fn a_registry_outage_keeps_the_module_and_recovers_by_itself() {
         &["--scan-module-sources=false"],
     )
     .await;
-    let module = format!("{}-m", s.id.0);
-    let digest = s
-        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
-        .await;
-    s.apply_mpo(&module, "dev", "2s");
-    s.wait_for_digest(&module, &digest, WAIT).await;
+    let (module, digest) = s.ready_module("2s").await;
     let before = snapshot(&s, &module);
 
     s.registry.stop();
@@ -193,12 +188,7 @@ async fn a_registry_outage_keeps_the_module_and_recovers_by_itself() {
 async fn an_invalid_module_is_refused_and_the_previous_one_stays() {
     let cluster = require_cluster!();
     let mut s = Scenario::start(cluster, "invalid", RegistryKind::Plain, &[], &[]).await;
-    let module = format!("{}-m", s.id.0);
-    let digest = s
-        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
-        .await;
-    s.apply_mpo(&module, "dev", "2s");
-    s.wait_for_digest(&module, &digest, WAIT).await;
+    let (module, _) = s.ready_module("2s").await;
     let before = snapshot(&s, &module);
 
     let bad = ModuleImage::new().file("module.yaml", "name: someone-else\n");

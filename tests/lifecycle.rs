@@ -17,12 +17,7 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn deleting_an_override_clears_the_flag_and_keeps_the_files() {
     let cluster = require_cluster!();
     let mut s = Scenario::start(cluster, "delete", RegistryKind::Plain, &[], &[]).await;
-    let module = format!("{}-m", s.id.0);
-    let digest = s
-        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
-        .await;
-    s.apply_mpo(&module, "dev", "15s");
-    s.wait_for_digest(&module, &digest, WAIT).await;
+    let (module, digest) = s.ready_module("15s").await;
     let finalizers = s.mpo(&module)["metadata"]["finalizers"].clone();
     assert_eq!(
         finalizers,
@@ -56,12 +51,7 @@ async fn deleting_an_override_clears_the_flag_and_keeps_the_files() {
 async fn deleting_an_override_whose_source_is_gone_completes() {
     let cluster = require_cluster!();
     let mut s = Scenario::start(cluster, "orphan", RegistryKind::Plain, &[], &[]).await;
-    let module = format!("{}-m", s.id.0);
-    let digest = s
-        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
-        .await;
-    s.apply_mpo(&module, "dev", "15s");
-    s.wait_for_digest(&module, &digest, WAIT).await;
+    let (module, _) = s.ready_module("15s").await;
     cluster.kubectl_ok(&["delete", &format!("ms/{}", s.source), "--timeout=30s"]);
     cluster.kubectl_ok(&["delete", &format!("mop/{module}"), "--timeout=30s"]);
 }

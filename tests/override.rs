@@ -226,12 +226,7 @@ async fn an_idle_override_makes_no_writes_and_one_request_per_interval() {
         &["--scan-module-sources=false"],
     )
     .await;
-    let module = format!("{}-m", s.id.0);
-    let digest = s
-        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
-        .await;
-    s.apply_mpo(&module, "dev", "2s");
-    s.wait_for_digest(&module, &digest, READY).await;
+    let (module, _) = s.ready_module("2s").await;
     // Let the pass that consumed the first write settle, then observe 3+ intervals.
     let settled = wait_for("the status to settle", Duration::from_secs(20), || async {
         let a = s.mpo(&module)["metadata"]["resourceVersion"].clone();

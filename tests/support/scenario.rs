@@ -138,6 +138,19 @@ impl Scenario {
             .expect("push")
     }
 
+    /// A module `<test id>-m` pushed as tag `dev`, its MPO applied with `interval`, and Ready:
+    /// the starting point of most tests. Returns the module name and its digest.
+    pub async fn ready_module(&mut self, interval: &str) -> (String, String) {
+        let module = format!("{}-m", self.id.0);
+        let digest = self
+            .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
+            .await;
+        self.apply_mpo(&module, "dev", interval);
+        self.wait_for_digest(&module, &digest, Duration::from_secs(60))
+            .await;
+        (module, digest)
+    }
+
     /// The MPO as `kubectl get -o json` shows it.
     pub fn mpo(&self, module: &str) -> Value {
         let out = self
