@@ -1,6 +1,9 @@
 //! The storage layer's one error type, and how the controller should treat each failure.
 
-use std::{fmt, io, path::PathBuf};
+use std::{
+    fmt, io,
+    path::{Path, PathBuf},
+};
 
 /// Which status message (SPEC §5) a storage failure belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,8 +37,9 @@ impl fmt::Display for LimitKind {
     }
 }
 
-/// Every message is one human line; entry paths are quoted with `{:?}` so that hostile names
-/// (control characters, NUL) cannot forge the rest of the message.
+/// Every message is one short human line; entry paths are quoted with `{:?}` so that hostile
+/// names (control characters, NUL) cannot forge the rest of the message, and shortened (see
+/// [`Quoted`]) so that a 4 KiB name cannot bloat it.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// The layer stream itself failed: corrupt or truncated gzip/tar, or an error from the reader
@@ -47,7 +51,7 @@ pub enum StorageError {
     },
 
     /// An entry that could escape the module directory or is not allowed in a module.
-    #[error("refused entry {path:?}: {reason}")]
+    #[error("refused entry {}: {reason}", Quoted(.path))]
     Unsafe { path: PathBuf, reason: String },
 
     /// The image is bigger than a configured limit.
@@ -67,7 +71,7 @@ pub enum StorageError {
     BadModuleName { name: String, reason: &'static str },
 
     /// Our own disk failed: permissions, no space, read-only filesystem.
-    #[error("cannot write {path:?}: {source}")]
+    #[error("cannot write {}: {source}", Quoted(.path))]
     Write { path: PathBuf, source: io::Error },
 }
 
@@ -117,8 +121,34 @@ impl StorageError {
 fn at_entry(entry: &Option<PathBuf>) -> String {
     entry
         .as_ref()
-        .map(|path| format!(" at entry {path:?}"))
+        .map(|path| format!(" at entry {}", Quoted(path)))
         .unwrap_or_default()
+}
+
+/// Quoted paths longer than this many characters are cut in the middle. The message becomes
+/// `status.message` and an Event, whose message the API server caps at 1024 bytes.
+const MAX_QUOTED_CHARS: usize = 160;
+/// How much of the end of a long path is kept: the file name tells the most.
+const QUOTED_TAIL_CHARS: usize = 48;
+
+/// `{path:?}`, or for a long path its start and end around `…`, followed by its length.
+struct Quoted<'a>(&'a Path);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let quoted = format!("{:?}", self.0);
+        let chars = quoted.chars().count();
+        if chars <= MAX_QUOTED_CHARS {
+            return f.write_str(&quoted);
+        }
+        let head: String = quoted
+            .chars()
+            .take(MAX_QUOTED_CHARS - QUOTED_TAIL_CHARS)
+            .collect();
+        let tail: String = quoted.chars().skip(chars - QUOTED_TAIL_CHARS).collect();
+        let bytes = self.0.as_os_str().len();
+        write!(f, "{head}…{tail} ({bytes} bytes)")
+    }
 }
 
 fn unit(kind: LimitKind) -> &'static str {
@@ -165,5 +195,34 @@ mod tests {
         let write = StorageError::write("/d")(io::Error::from(io::ErrorKind::PermissionDenied));
         assert_eq!(write.class(), FailureClass::Store);
         assert!(write.to_string().starts_with(r#"cannot write "/d": "#));
+    }
+
+    /// Found by tests/hostile.rs: a 4 KiB entry name made a 4 KiB `status.message`, and the
+    /// Event carrying it was rejected by the API server (at most 1024 bytes).
+    #[test]
+    fn long_paths_are_shortened_in_messages() {
+        let long = format!("{}file.yaml", "dir/".repeat(1024));
+        let refused = StorageError::unsafe_entry(&long, "path is longer than 4096 bytes");
+        let message = refused.to_string();
+        assert!(message.len() < 300, "{} bytes: {message}", message.len());
+        assert!(
+            message.starts_with(r#"refused entry "dir/dir/"#),
+            "{message}"
+        );
+        assert!(
+            message.contains(r#"dir/file.yaml" (4105 bytes): path is longer than 4096 bytes"#),
+            "{message}"
+        );
+        let write = StorageError::write(&long)(io::Error::from(io::ErrorKind::StorageFull));
+        assert!(write.to_string().len() < 300, "{write}");
+        let limit = StorageError::Limit {
+            kind: LimitKind::Entries,
+            limit: 3,
+            entry: Some(long.into()),
+        };
+        assert!(limit.to_string().len() < 300, "{limit}");
+        // Short ones stay exactly as `{:?}` shows them.
+        let short = StorageError::unsafe_entry("a\nb", "x");
+        assert_eq!(short.to_string(), r#"refused entry "a\nb": x"#);
     }
 }

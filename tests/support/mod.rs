@@ -4,7 +4,9 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cluster;
+pub mod crafted;
 pub mod images;
+pub mod mounts;
 pub mod operator;
 pub mod proxy;
 pub mod registry;
