@@ -392,7 +392,7 @@ fn limit_cases(module: &str) -> Vec<Case> {
         .map(|i| zeros(&format!("bomb/{i:02}"), 4 << 20))
         .collect();
     let too_big = usize::try_from(MAX_UNPACKED).expect("small") + 1;
-    let over_size = module_size_limit_image(module);
+    let over_size = over_the_compressed_limit(module);
     vec![
         case(
             "more entries than --max-entries",
@@ -433,7 +433,7 @@ fn limit_cases(module: &str) -> Vec<Case> {
 }
 
 /// Incompressible data just over the compressed-size limit.
-fn module_size_limit_image(module: &str) -> ModuleImage {
+fn over_the_compressed_limit(module: &str) -> ModuleImage {
     let size = usize::try_from(MAX_COMPRESSED).expect("small") + (64 << 10);
     large_module(module, size)
 }
@@ -459,7 +459,7 @@ fn stream_cases(module: &str) -> Vec<Case> {
             Publish::Image(
                 ModuleImage::module(module, 900, "truncated").raw_layer(truncated, OCI_LAYER_GZIP),
             ),
-            download("cannot read the layer"),
+            download(r#"cannot read the layer at entry "noise""#),
         ),
         case(
             "not gzip at all under a gzip media type",
@@ -472,7 +472,7 @@ fn stream_cases(module: &str) -> Vec<Case> {
         case(
             "blob bytes that do not match the digest",
             Publish::CorruptLastLayer(unique_layer("corrupt")),
-            download("digest"),
+            download("cannot read the layer: digest mismatch"),
         ),
         case(
             "manifest naming a blob the registry lost",
