@@ -194,6 +194,11 @@ async fn renew_applies_a_new_digest_at_once_and_can_be_repeated() {
         .and_then(|m| m.modified())
         .expect("mtime");
     let inode_before = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dev).expect("meta"));
+    let manifest_gets = |s: &Scenario| {
+        s.registry
+            .count_requests("GET", &format!("{module}/manifests/sha256:"))
+    };
+    let gets_before = manifest_gets(&s);
     cluster.kubectl_ok(&[
         "annotate",
         &format!("mop/{module}"),
@@ -213,6 +218,17 @@ async fn renew_applies_a_new_digest_at_once_and_can_be_repeated() {
         },
     )
     .await;
+    // One renew, one download: the pass's own writes (which still carry the annotation until it
+    // is removed) must not start a second one. Watch a short while for a late extra download.
+    let observe = std::time::Instant::now();
+    while observe.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            manifest_gets(&s) - gets_before,
+            1,
+            "downloads for one forced renew"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test]

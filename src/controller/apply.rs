@@ -29,19 +29,16 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
     let interval = match mpo.spec.scan_interval.duration() {
         Ok(interval) => interval,
         Err(e) => {
-            publish(
-                &mpo,
-                ctx,
-                &Outcome::Failed(PassError::BadSpec(e.to_string())),
-            )
-            .await?;
+            let outcome = Outcome::Failed(PassError::BadSpec(e.to_string()));
+            publish(&mpo, ctx, &outcome).await?;
             return Ok(Action::await_change());
         }
     };
     let source = load_source(ctx, &mpo.spec.source).await?;
-    let renew = triggers::renew_requested(&mpo);
+    let last = ctx.last_check(&name);
+    let renew = pending_renew(&mpo, last.as_ref());
     let fingerprint = triggers::fingerprint(&mpo, source.as_ref());
-    if let Some(wait) = skip_until(ctx, &mpo, &name, fingerprint, renew) {
+    if let Some(wait) = skip_until(ctx, &mpo, last.as_ref(), fingerprint, renew) {
         debug!(mpo = %name, ?wait, "nothing changed since the last check");
         return Ok(Action::requeue(wait));
     }
@@ -53,32 +50,80 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
     if let Outcome::Failed(err) = &outcome {
         warn!(mpo = %name, reason = err.reason(), "{err}");
     }
-    publish(&mpo, ctx, &outcome).await?;
+    let written = publish(&mpo, ctx, &outcome).await?;
     if let Some(source) = source.as_ref().filter(|_| flag_allowed(&outcome)) {
         mark_overridden(ctx, source, &name).await?;
     }
     clear_renew(&mpo, ctx).await?;
 
-    let previous_failures = ctx.last_check(&name).map_or(0, |c| c.failures);
-    let (wait, failures) = match &outcome {
+    let check = next_check(
+        &outcome,
+        interval,
+        &name,
+        last.as_ref(),
+        fingerprint,
+        handled_versions(&mpo, renew, written),
+    );
+    let wait = check.due.saturating_duration_since(Instant::now());
+    ctx.record_check(&name, check);
+    Ok(Action::requeue(wait))
+}
+
+/// The renew the user asked for, unless this very object version was already handled: the watch
+/// can hand back the annotated object (or our status write on it) after the annotation is gone.
+fn pending_renew(mpo: &ModulePullOverride, last: Option<&LastCheck>) -> Renew {
+    let version = mpo.metadata.resource_version.as_ref();
+    let handled = last.is_some_and(|l| version.is_some_and(|v| l.renew_handled.contains(v)));
+    if handled {
+        Renew::None
+    } else {
+        triggers::renew_requested(mpo)
+    }
+}
+
+/// The object versions that still carry a renew this pass handled.
+fn handled_versions(
+    mpo: &ModulePullOverride,
+    renew: Renew,
+    written: Option<String>,
+) -> Vec<String> {
+    if renew == Renew::None {
+        return Vec::new();
+    }
+    mpo.metadata
+        .resource_version
+        .iter()
+        .cloned()
+        .chain(written)
+        .collect()
+}
+
+/// When to look again: the jittered interval after a success or a permanent failure, a backoff
+/// (never sooner than `Retry-After`) after a transient one.
+fn next_check(
+    outcome: &Outcome,
+    interval: std::time::Duration,
+    name: &str,
+    last: Option<&LastCheck>,
+    fingerprint: u64,
+    renew_handled: Vec<String>,
+) -> LastCheck {
+    let previous_failures = last.map_or(0, |c| c.failures);
+    let (wait, failures) = match outcome {
         Outcome::Failed(err) if err.is_transient() => (
             retry_delay(previous_failures, interval, err.retry_after()),
             previous_failures + 1,
         ),
         Outcome::Failed(_) => (interval, 0),
-        Outcome::InSync { .. } => (triggers::jittered(interval, &name), 0),
+        Outcome::InSync { .. } => (triggers::jittered(interval, name), 0),
     };
-    let failed = matches!(outcome, Outcome::Failed(_));
-    ctx.record_check(
-        &name,
-        LastCheck {
-            fingerprint,
-            due: Instant::now() + wait,
-            failed,
-            failures,
-        },
-    );
-    Ok(Action::requeue(wait))
+    LastCheck {
+        fingerprint,
+        due: Instant::now() + wait,
+        failed: matches!(outcome, Outcome::Failed(_)),
+        failures,
+        renew_handled,
+    }
 }
 
 /// How long to wait instead of running a pass: only when nothing the pass reads has changed, no
@@ -86,16 +131,16 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
 fn skip_until(
     ctx: &Context,
     mpo: &ModulePullOverride,
-    name: &str,
+    last: Option<&LastCheck>,
     fingerprint: u64,
     renew: Renew,
 ) -> Option<std::time::Duration> {
-    let last = ctx.last_check(name)?;
+    let last = last?;
     let now = Instant::now();
     if renew != Renew::None || last.fingerprint != fingerprint || now >= last.due {
         return None;
     }
-    if !last.failed && !active_digest_on_disk(ctx, mpo, name) {
+    if !last.failed && !active_digest_on_disk(ctx, mpo, &mpo.name_any()) {
         return None;
     }
     Some(last.due - now)
@@ -183,24 +228,26 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
 }
 
 /// The one status write of a pass, skipped when nothing would change.
+/// Returns the resourceVersion of the written object, or `None` when nothing needed writing.
 async fn publish(
     mpo: &ModulePullOverride,
     ctx: &Context,
     outcome: &Outcome,
-) -> Result<(), ControllerError> {
+) -> Result<Option<String>, ControllerError> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let desired = status::desired_status(mpo, outcome, &now);
     if !status::status_differs(mpo, &desired) {
-        return Ok(());
+        return Ok(None);
     }
     let api = Api::<ModulePullOverride>::all(ctx.client.clone());
     let name = mpo.name_any();
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(status::status_patch(&desired)),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(status::status_patch(&desired)),
+        )
+        .await?;
     info!(
         mpo = %name,
         digest = desired.image_digest.as_deref().unwrap_or_default(),
@@ -208,7 +255,7 @@ async fn publish(
         "status patched"
     );
     announce(mpo, ctx, outcome).await;
-    Ok(())
+    Ok(written.metadata.resource_version)
 }
 
 /// Events for what changed: a new module switched in, or a new failure. An identical failure

@@ -36,6 +36,8 @@ pub struct LastCheck {
     pub due: Instant,
     pub failed: bool,
     pub failures: u32,
+    /// Object versions whose renew annotation this operator already handled.
+    pub renew_handled: Vec<String>,
 }
 
 impl Context {
@@ -97,7 +99,7 @@ impl Context {
                 EventType::Normal
             },
             reason: reason.to_owned(),
-            note: Some(note),
+            note: Some(truncate_note(note)),
             action: "Reconcile".to_owned(),
             secondary: None,
         };
@@ -141,4 +143,30 @@ fn credentials_fingerprint(config: &RegistryConfig) -> u64 {
         crate::crd::RegistryCredentials::Bearer(token) => token.hash(&mut hasher),
     }
     hasher.finish()
+}
+
+/// The apiserver refuses Events whose note exceeds 1 KiB; keep the start, which says what failed.
+fn truncate_note(mut note: String) -> String {
+    const MAX: usize = 1024;
+    if note.len() > MAX {
+        let mut end = MAX - '…'.len_utf8();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push('…');
+    }
+    note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate_note;
+
+    #[test]
+    fn event_notes_fit_the_apiserver_limit() {
+        assert_eq!(truncate_note("short".into()), "short");
+        let long = truncate_note("é".repeat(2000));
+        assert!(long.len() <= 1024 && long.ends_with('…'), "{}", long.len());
+    }
 }

@@ -60,6 +60,7 @@ pub async fn scan_source(
             due: now + wait,
             failed: listed.is_err(),
             failures: 0,
+            renew_handled: Vec::new(),
         },
     );
     Ok(Action::requeue(wait))
