@@ -17,7 +17,8 @@ fi
 
 log "apt-get update"
 $SUDO apt-get update -qq
-pkgs=(docker-registry apache2-utils openssl curl ca-certificates python3 procps)
+# skopeo and GNU time: reference runs and peak RSS of `cargo bench --bench pull_unpack`.
+pkgs=(docker-registry apache2-utils openssl curl ca-certificates python3 procps skopeo time)
 log "apt-get install ${pkgs[*]}"
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 

@@ -23,6 +23,9 @@ mod validate;
 #[allow(clippy::unwrap_used)]
 mod testkit;
 
+#[cfg(test)]
+mod proptests;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},

@@ -115,6 +115,9 @@ pub(crate) fn symlink_stays_inside(
             }
             Ok(_) => resolved.push(component),
             Err(err) if err.kind() == io::ErrorKind::NotFound => resolved.push(component),
+            // ENAMETOOLONG: the unpacker refuses names that long, so, like a missing one, this
+            // is a plain name; asking the kernel cannot tell more.
+            Err(err) if err.kind() == io::ErrorKind::InvalidFilename => resolved.push(component),
             // A regular file in the middle of the path: the kernel stops with ENOTDIR there,
             // nothing beyond it can be reached.
             Err(err) if err.kind() == io::ErrorKind::NotADirectory => return Ok(true),

@@ -100,6 +100,13 @@ impl Staging {
         let raw = entry.path_bytes().into_owned();
         let rel = safe_relative_path(&raw)
             .map_err(|reason| StorageError::unsafe_entry(raw_path(&raw), reason))?;
+        if !self.fits_under_staging(&rel) {
+            // Otherwise the kernel's ENAMETOOLONG would blame our disk for the image's name.
+            return Err(StorageError::unsafe_entry(
+                raw_path(&raw),
+                "path is too long to unpack under the download directory",
+            ));
+        }
         self.count_entry(&rel)?;
         let kind = entry.header().entry_type();
         match whiteout_of(&rel)? {
@@ -289,11 +296,13 @@ impl Staging {
         layer: &mut Layer,
     ) -> Result<(), StorageError> {
         let target = symlink_target(entry, rel)?;
+        // Parents first: resolving the target takes them as real directories, and through a
+        // symlinked (say, looping) parent the kernel would answer with errors of its own.
+        self.prepare_parents(rel)?;
         if !tree::symlink_stays_inside(&self.path, rel, &target)? {
             let reason = format!("symlink target {target:?} leaves the module root");
             return Err(StorageError::unsafe_entry(rel, reason));
         }
-        self.prepare_parents(rel)?;
         self.make_room(rel, DirMayGo::No)?;
         let full = self.path.join(rel);
         symlink(&target, &full).map_err(StorageError::write(&full))?;
@@ -345,8 +354,18 @@ impl Staging {
         Ok(())
     }
 
+    /// Linux takes at most `PATH_MAX - 1` bytes per path, the staging directory's own path
+    /// included. The committed `versions/<hex>` path is shorter, so what fits here fits there.
+    fn fits_under_staging(&self, rel: &Path) -> bool {
+        self.path.as_os_str().len() + 1 + rel.as_os_str().len() < MAX_PATH_BYTES
+    }
+
     /// A regular file (not a symlink to one) reached through real directories only.
     fn is_extracted_file(&self, target: &Path) -> Result<bool, StorageError> {
+        if !self.fits_under_staging(target) {
+            // No entry that long was unpacked, and asking the kernel would fail as a disk error.
+            return Ok(false);
+        }
         let reachable = match self.parents_are_dirs(target) {
             Ok(reachable) => reachable,
             // Behind a symlink: not a file we extracted, whatever it resolves to.
@@ -1016,6 +1035,18 @@ mod tests {
             &[TarLayer::new().file("a", b"").file("a/x", b"x").tar()],
             "not a directory",
         );
+        // Found by the property test: a symlink under a looping one was "cannot write … Too
+        // many levels of symbolic links", blaming our disk, because its target was resolved
+        // before its parents were checked.
+        for layers in [
+            vec![TarLayer::new().symlink("b", "b").symlink("b/a", "x").tar()],
+            vec![
+                TarLayer::new().symlink("b", "b").tar(),
+                TarLayer::new().symlink("b/a", "x").tar(),
+            ],
+        ] {
+            assert_refused(&layers, r#"parent "b" is a symlink"#);
+        }
     }
 
     #[test]
@@ -1344,6 +1375,65 @@ mod tests {
             "leaves the module root",
         );
         assert_refused(&[pax_named(TarLayer::new(), b"a\0b", b"x").tar()], "NUL");
+    }
+
+    /// Found by the property test: a name within the 4096-byte limit can still be too long
+    /// once the staging directory's path is put in front. That is the image's fault, and must
+    /// not be reported as our disk failing.
+    #[test]
+    fn names_too_long_under_the_store_are_refused_not_store_errors() {
+        let deep = vec!["d"; 2047].join("/");
+        assert_refused(
+            &[TarLayer::new().long_named_file(deep.as_bytes(), b"x").tar()],
+            "path is too long to unpack under the download directory",
+        );
+
+        // A hard link into directories that reach almost to the limit, to a name past it.
+        let fixture = Fixture::new();
+        let mut staging = fixture.stage(MODULE, &Digest::of(b"long"));
+        let room = MAX_PATH_BYTES - 1 - staging.path().as_os_str().len() - 1;
+        let dirs = vec!["d"; (room - 10) / 2].join("/");
+        let target = format!("{dirs}/{}", "t".repeat(20));
+        let record = pax_record("linkpath", target.as_bytes());
+        let mut pax = header(EntryType::XHeader, 0o644);
+        pax.set_path("PaxHeaders/h").unwrap();
+        pax.set_size(record.len() as u64);
+        pax.set_cksum();
+        let mut link = header(EntryType::Link, 0o644);
+        link.set_path("h").unwrap();
+        link.set_cksum();
+        let layer = TarLayer::new()
+            .long_named_file(format!("{dirs}/f").as_bytes(), b"x")
+            .header_with_data(&pax, &record)
+            .header_with_data(&link, b"")
+            .tar();
+        let err = staging
+            .apply_layer(&layer[..], LayerCompression::None)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is not an already extracted regular file"),
+            "{err:?}"
+        );
+
+        // A target no entry can have is resolved as a plain name, like a missing one.
+        let long_component = "t".repeat(300);
+        let fixture = Fixture::new();
+        let staging = fixture
+            .unpack(
+                MODULE,
+                &[TarLayer::new()
+                    .symlink("s", &format!("{long_component}/.."))
+                    .tar()],
+            )
+            .unwrap();
+        staging.validate(MODULE).unwrap();
+        assert_refused(
+            &[TarLayer::new()
+                .symlink("s", &format!("{long_component}/../.."))
+                .tar()],
+            "leaves the module root",
+        );
     }
 
     #[test]

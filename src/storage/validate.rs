@@ -44,6 +44,9 @@ impl Staging {
             {
                 return Ok(None);
             }
+            // The module's own symlinks lead to a name too long or through too many links:
+            // the module is broken, our disk is not.
+            Err(err) if unresolvable(&err) => return Err(StorageError::invalid(rel, err)),
             Err(err) => return Err(StorageError::write(&full)(err)),
         }
         // Following symlinks is safe here: all of them were just checked to stay inside.
@@ -62,6 +65,12 @@ impl Staging {
             .map(Some)
             .map_err(|_| StorageError::invalid(rel, "is not UTF-8 text"))
     }
+}
+
+/// ENAMETOOLONG or ELOOP (`ErrorKind::FilesystemLoop` is not stable yet; 40 on Linux).
+fn unresolvable(err: &io::Error) -> bool {
+    const ELOOP: i32 = 40;
+    err.kind() == io::ErrorKind::InvalidFilename || err.raw_os_error() == Some(ELOOP)
 }
 
 fn module_info(text: &str, module: &str) -> Result<ModuleInfo, StorageError> {
@@ -228,6 +237,30 @@ mod tests {
             assert!(invalid(TarLayer::new().file(file, b"{unclosed")).contains("not valid YAML"));
         }
         assert!(validate(TarLayer::new().file("openapi", b"not a directory")).is_ok());
+    }
+
+    /// When the module's own symlinks make a schema path unresolvable, that was reported as
+    /// our disk failing ("cannot store module"); it is the module's fault. The property test
+    /// found the name too long for the kernel; more than 40 links to follow fails the same way.
+    #[test]
+    fn unresolvable_schema_paths_are_invalid_not_store_errors() {
+        let too_long = format!("{}/a", "x".repeat(256));
+        let message = invalid(TarLayer::new().symlink("openapi", &too_long));
+        assert!(
+            message.starts_with("openapi/config-values.yaml: "),
+            "{message}"
+        );
+
+        // Each link's target is checked within 40 hops; the path through `openapi` needs 41.
+        let mut chain = TarLayer::new().dir("d").symlink("openapi", "l1");
+        for link in 1..40 {
+            chain = chain.symlink(&format!("l{link}"), &format!("l{}", link + 1));
+        }
+        let message = invalid(chain.symlink("l40", "d"));
+        assert!(
+            message.starts_with("openapi/config-values.yaml: "),
+            "{message}"
+        );
     }
 
     #[test]
