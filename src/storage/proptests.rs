@@ -1,3 +1,4 @@
+// Test-only module: included from storage/mod.rs under #[cfg(test)].
 //! Property test of the unpacker over arbitrary, hostile-leaning tar streams (Hardening item 7).
 //!
 //! Each case builds 1–3 layers as raw tar bytes (names with `..`, absolute paths, paths into a
