@@ -280,6 +280,20 @@ async fn events_tell_of_a_digest_change_and_of_a_failure_once() {
     })
     .await;
     assert!(describe.contains(&digest), "{describe}");
+    // A second change is an event of its own, naming the new digest.
+    let second = s
+        .push(&module, "dev", &ModuleImage::module(&module, 900, "2"))
+        .await;
+    s.wait_for_digest(&module, &second, WAIT).await;
+    wait_for(
+        "a ModuleUpdated event for the second digest",
+        WAIT,
+        || async {
+            let text = cluster.kubectl_ok(&["describe", "mop", &module]);
+            (text.contains(&second) && text.contains(&digest)).then_some(())
+        },
+    )
+    .await;
 
     s.apply_mpo(&module, "missing-tag", "2s");
     s.wait_for_message(&module, "manifest unknown", WAIT).await;

@@ -23,7 +23,7 @@ pub struct Context {
     pub store: ModuleStore,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
-    recorder: Recorder,
+    reporter: Reporter,
     registries: Mutex<HashMap<String, (String, Registry)>>,
     checks: Mutex<HashMap<String, LastCheck>>,
 }
@@ -52,7 +52,7 @@ impl Context {
             instance: settings.identity.clone(),
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             store,
             settings,
@@ -103,7 +103,11 @@ impl Context {
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+        // A fresh recorder each time: a shared one folds events with the same reason into one
+        // series and keeps the first note, so a second ModuleUpdated would show the old digest.
+        // We publish only on changes, so there is nothing to fold.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
             warn!("cannot publish event {reason}: {e}");
         }
     }
