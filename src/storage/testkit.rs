@@ -1,3 +1,4 @@
+// Test-only module: included from storage/mod.rs under #[cfg(test)].
 //! Test helpers: in-memory tar layers (hostile ones included) and a store in a temp dir.
 
 use std::{
