@@ -54,7 +54,10 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
     if let Some(source) = source.as_ref().filter(|_| flag_allowed(&outcome)) {
         mark_overridden(ctx, source, &name).await?;
     }
-    clear_renew(&mpo, ctx).await?;
+    let expected_version = written
+        .clone()
+        .or_else(|| mpo.metadata.resource_version.clone());
+    clear_renew(&mpo, ctx, expected_version).await?;
 
     let check = next_check(
         &outcome,
@@ -297,17 +300,34 @@ async fn mark_overridden(
     Ok(())
 }
 
-/// SPEC §3.7: the renew annotation is consumed once its pass is handled.
-async fn clear_renew(mpo: &ModulePullOverride, ctx: &Context) -> Result<(), ControllerError> {
-    let Some(patch) = triggers::renew_removal_patch(mpo) else {
+/// SPEC §3.7: the renew annotation is consumed once its pass is handled. The patch is
+/// conditional on the object version this pass saw (or wrote): if the user annotated again
+/// meanwhile, the apiserver refuses it and that new request gets a pass of its own.
+async fn clear_renew(
+    mpo: &ModulePullOverride,
+    ctx: &Context,
+    expected_version: Option<String>,
+) -> Result<(), ControllerError> {
+    let Some(mut patch) = triggers::renew_removal_patch(mpo) else {
         return Ok(());
     };
+    if let Some(version) = expected_version {
+        patch["metadata"]["resourceVersion"] = version.into();
+    }
     let api = Api::<ModulePullOverride>::all(ctx.client.clone());
-    api.patch(
-        &mpo.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(patch),
-    )
-    .await?;
-    Ok(())
+    match api
+        .patch(
+            &mpo.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            debug!(mpo = %mpo.name_any(), "the object changed since the pass; keeping its renew");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
