@@ -52,6 +52,14 @@ impl Metrics {
             .insert(mpo.to_owned(), now);
     }
 
+    /// Drops the per-MPO series of a deleted MPO.
+    pub fn forget(&self, mpo: &str) {
+        self.last_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(mpo);
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }

@@ -11,10 +11,9 @@ use tracing::{debug, info, warn};
 
 use super::{
     Context, ControllerError, PassError,
-    context::LastCheck,
-    error::retry_delay,
     fetch::download_and_install,
-    source::{check_module_listed, load_source, registry_for},
+    schedule::{self, Decision, PassResult},
+    source::{check_module_listed, registry_for},
     status::{self, Outcome},
     triggers::{self, Renew},
 };
@@ -26,6 +25,7 @@ use crate::{
 
 pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action, ControllerError> {
     let name = mpo.metadata.name.clone().ok_or(ControllerError::NoName)?;
+    ctx.flags.mpo_seen(&mpo);
     let interval = match mpo.spec.scan_interval.duration() {
         Ok(interval) => interval,
         Err(e) => {
@@ -34,33 +34,42 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
             return Ok(Action::await_change());
         }
     };
-    let source = load_source(ctx, &mpo.spec.source).await?;
+    let source = ctx.source(&mpo.spec.source);
     let last = ctx.last_check(&name);
-    let renew = pending_renew(&mpo, last.as_ref());
-    let fingerprint = triggers::fingerprint(&mpo, source.as_ref());
-    if let Some(wait) = skip_until(ctx, &mpo, last.as_ref(), fingerprint, renew) {
-        debug!(mpo = %name, ?wait, "nothing changed since the last check");
-        return Ok(Action::requeue(wait));
-    }
+    let fingerprint = triggers::fingerprint(&mpo, source.as_deref());
+    let seen = schedule::Seen {
+        fingerprint,
+        renew: triggers::renew_requested(&mpo),
+        resource_version: mpo.metadata.resource_version.as_deref(),
+        module_on_disk: active_digest_on_disk(ctx, &mpo, &name),
+    };
+    let renew = match schedule::decide(Instant::now(), last.as_ref(), &seen) {
+        Decision::Wait(wait) => {
+            debug!(mpo = %name, ?wait, "nothing changed since the last check");
+            return Ok(Action::requeue(wait));
+        }
+        Decision::Run(reason) => {
+            debug!(mpo = %name, ?reason, "pass");
+            schedule::pending_renew(seen.renew, seen.resource_version, last.as_ref())
+        }
+    };
 
     let started = Instant::now();
-    let outcome = run_pass(&mpo, ctx, source.as_ref(), renew).await;
+    let outcome = run_pass(&mpo, ctx, source.as_deref(), renew).await;
     ctx.metrics
         .reconciled(outcome_label(&outcome), started.elapsed());
     if let Outcome::Failed(err) = &outcome {
         warn!(mpo = %name, reason = err.reason(), "{err}");
     }
     let written = publish(&mpo, ctx, &outcome).await?;
-    if let Some(source) = source.as_ref().filter(|_| flag_allowed(&outcome)) {
-        mark_overridden(ctx, source, &name).await?;
-    }
     let expected_version = written
         .clone()
         .or_else(|| mpo.metadata.resource_version.clone());
     clear_renew(&mpo, ctx, expected_version).await?;
 
-    let check = next_check(
-        &outcome,
+    let check = schedule::after_pass(
+        Instant::now(),
+        pass_result(&outcome),
         interval,
         &name,
         last.as_ref(),
@@ -70,18 +79,6 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
     let wait = check.due.saturating_duration_since(Instant::now());
     ctx.record_check(&name, check);
     Ok(Action::requeue(wait))
-}
-
-/// The renew the user asked for, unless this very object version was already handled: the watch
-/// can hand back the annotated object (or our status write on it) after the annotation is gone.
-fn pending_renew(mpo: &ModulePullOverride, last: Option<&LastCheck>) -> Renew {
-    let version = mpo.metadata.resource_version.as_ref();
-    let handled = last.is_some_and(|l| version.is_some_and(|v| l.renew_handled.contains(v)));
-    if handled {
-        Renew::None
-    } else {
-        triggers::renew_requested(mpo)
-    }
 }
 
 /// The object versions that still carry a renew this pass handled.
@@ -101,52 +98,14 @@ fn handled_versions(
         .collect()
 }
 
-/// When to look again: the jittered interval after a success or a permanent failure, a backoff
-/// (never sooner than `Retry-After`) after a transient one.
-fn next_check(
-    outcome: &Outcome,
-    interval: std::time::Duration,
-    name: &str,
-    last: Option<&LastCheck>,
-    fingerprint: u64,
-    renew_handled: Vec<String>,
-) -> LastCheck {
-    let previous_failures = last.map_or(0, |c| c.failures);
-    let (wait, failures) = match outcome {
-        Outcome::Failed(err) if err.is_transient() => (
-            retry_delay(previous_failures, interval, err.retry_after()),
-            previous_failures + 1,
-        ),
-        Outcome::Failed(_) => (interval, 0),
-        Outcome::InSync { .. } => (triggers::jittered(interval, name), 0),
-    };
-    LastCheck {
-        fingerprint,
-        due: Instant::now() + wait,
-        failed: matches!(outcome, Outcome::Failed(_)),
-        failures,
-        renew_handled,
+fn pass_result(outcome: &Outcome) -> PassResult {
+    match outcome {
+        Outcome::InSync { .. } => PassResult::InSync,
+        Outcome::Failed(err) if err.is_transient() => PassResult::Transient {
+            retry_after: err.retry_after(),
+        },
+        Outcome::Failed(_) => PassResult::Permanent,
     }
-}
-
-/// How long to wait instead of running a pass: only when nothing the pass reads has changed, no
-/// renew was asked for, the next check is not due and (after a success) the module is still on disk.
-fn skip_until(
-    ctx: &Context,
-    mpo: &ModulePullOverride,
-    last: Option<&LastCheck>,
-    fingerprint: u64,
-    renew: Renew,
-) -> Option<std::time::Duration> {
-    let last = last?;
-    let now = Instant::now();
-    if renew != Renew::None || last.fingerprint != fingerprint || now >= last.due {
-        return None;
-    }
-    if !last.failed && !active_digest_on_disk(ctx, mpo, &mpo.name_any()) {
-        return None;
-    }
-    Some(last.due - now)
 }
 
 fn active_digest_on_disk(ctx: &Context, mpo: &ModulePullOverride, name: &str) -> bool {
@@ -215,13 +174,6 @@ async fn try_pass(
     })
 }
 
-fn flag_allowed(outcome: &Outcome) -> bool {
-    match outcome {
-        Outcome::InSync { .. } => true,
-        Outcome::Failed(err) => err.allows_override_flag(),
-    }
-}
-
 fn outcome_label(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::InSync { changed: true, .. } => "Updated",
@@ -276,28 +228,6 @@ async fn announce(mpo: &ModulePullOverride, ctx: &Context, outcome: &Outcome) {
         Outcome::InSync { .. } => {}
         Outcome::Failed(err) => ctx.event(mpo, true, err.reason(), err.to_string()).await,
     }
-}
-
-/// SPEC §3.6: `overridden: true` in the source's entry for this module, owned by this MPO's
-/// own field manager and written only when missing.
-async fn mark_overridden(
-    ctx: &Context,
-    source: &ModuleSource,
-    module: &str,
-) -> Result<(), ControllerError> {
-    if status::source_marks_overridden(source, module) {
-        return Ok(());
-    }
-    let api = Api::<ModuleSource>::all(ctx.client.clone());
-    let params = PatchParams::apply(&status::override_field_manager(module)).force();
-    api.patch_status(
-        &source.name_any(),
-        &params,
-        &Patch::Apply(status::override_entry_apply(module)),
-    )
-    .await?;
-    info!(mpo = %module, source = %source.name_any(), "marked the module overridden in the source");
-    Ok(())
 }
 
 /// SPEC §3.7: the renew annotation is consumed once its pass is handled. The patch is

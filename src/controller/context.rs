@@ -1,16 +1,20 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Instant,
 };
 
 use kube::{
     Client, Resource,
-    runtime::events::{Event, EventType, Recorder, Reporter},
+    runtime::{
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+    },
 };
 use tracing::warn;
 
+use super::{flags::Flags, schedule::LastCheck};
 use crate::{
+    crd::ModuleSource,
     metrics::Metrics,
     registry::{Registry, RegistryConfig, RegistryError},
     settings::Settings,
@@ -23,21 +27,14 @@ pub struct Context {
     pub store: ModuleStore,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
+    /// Every ModuleSource, kept current by the one shared watch: passes never GET a source.
+    pub sources: Store<ModuleSource>,
+    /// The single writer of the sources' `overridden` flags.
+    pub flags: Arc<Flags>,
     reporter: Reporter,
     registries: Mutex<HashMap<String, (String, Registry)>>,
     checks: Mutex<HashMap<String, LastCheck>>,
-}
-
-/// The last pass over one object, kept in memory so that watch events that change nothing the
-/// pass depends on (our own status writes, a ModuleSource's syncTime) do not hit the registry.
-#[derive(Clone, Debug)]
-pub struct LastCheck {
-    pub fingerprint: u64,
-    pub due: Instant,
-    pub failed: bool,
-    pub failures: u32,
-    /// Object versions whose renew annotation this operator already handled.
-    pub renew_handled: Vec<String>,
+    api_failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -46,6 +43,8 @@ impl Context {
         store: ModuleStore,
         settings: Settings,
         metrics: Arc<Metrics>,
+        sources: Store<ModuleSource>,
+        flags: Arc<Flags>,
     ) -> Self {
         let reporter = Reporter {
             controller: "mpo-operator".into(),
@@ -57,8 +56,11 @@ impl Context {
             store,
             settings,
             metrics,
+            sources,
+            flags,
             registries: Mutex::default(),
             checks: Mutex::default(),
+            api_failures: Mutex::default(),
         }
     }
 
@@ -125,6 +127,27 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.to_owned(), check);
+    }
+
+    /// The ModuleSource named `name`, from the shared store.
+    pub fn source(&self, name: &str) -> Option<Arc<ModuleSource>> {
+        self.sources.get(&ObjectRef::new(name))
+    }
+
+    /// Counts a failed API call for `key`; returns how many failed in a row before this one.
+    pub fn api_failed(&self, key: &str) -> u32 {
+        let mut map = self.api_failures.lock().unwrap_or_else(|p| p.into_inner());
+        let count = map.entry(key.to_owned()).or_default();
+        let before = *count;
+        *count = count.saturating_add(1);
+        before
+    }
+
+    pub fn api_succeeded(&self, key: &str) {
+        self.api_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 
     pub fn forget_check(&self, key: &str) {

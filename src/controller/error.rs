@@ -79,14 +79,6 @@ impl PassError {
         }
     }
 
-    /// The module on disk may still be right for these: they are about reaching the registry.
-    pub fn allows_override_flag(&self) -> bool {
-        !matches!(
-            self,
-            Self::SourceMissing(_) | Self::ModuleNotListed { .. } | Self::BadSpec(_)
-        )
-    }
-
     pub fn download(image: &ModuleRef, digest: &Digest, cause: RegistryError) -> Self {
         let transient = cause.is_transient();
         Self::Download {
@@ -156,40 +148,9 @@ impl ControllerError {
     }
 }
 
-/// Exponential backoff for transient failures, capped at the scan interval (SPEC §3.8).
-pub fn backoff(failures: u32, cap: Duration) -> Duration {
-    let exp = Duration::from_secs(1u64 << failures.min(10));
-    exp.min(cap)
-}
-
-/// The wait before retrying a transient failure: the backoff, but never sooner than the
-/// registry's `Retry-After` (already capped by the registry layer), which may exceed the cap:
-/// asking earlier would only be refused again and count against our rate limit.
-pub fn retry_delay(failures: u32, cap: Duration, retry_after: Option<Duration>) -> Duration {
-    backoff(failures, cap).max(retry_after.unwrap_or_default())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let cap = Duration::from_secs(15);
-        assert_eq!(backoff(0, cap), Duration::from_secs(1));
-        assert_eq!(backoff(2, cap), Duration::from_secs(4));
-        assert_eq!(backoff(9, cap), cap);
-    }
-
-    #[test]
-    fn retry_after_is_a_floor_for_the_backoff() {
-        let cap = Duration::from_secs(15);
-        let secs = Duration::from_secs;
-        assert_eq!(retry_delay(0, cap, None), secs(1));
-        assert_eq!(retry_delay(0, cap, Some(secs(3))), secs(3));
-        assert_eq!(retry_delay(3, cap, Some(secs(3))), secs(8));
-        assert_eq!(retry_delay(9, cap, Some(secs(60))), secs(60));
-    }
 
     #[test]
     fn messages_follow_the_spec() {

@@ -6,10 +6,13 @@ mod cleanup;
 mod context;
 mod error;
 mod fetch;
+pub mod flags;
 mod leader;
 mod reconcile;
 mod scan;
+pub mod schedule;
 mod source;
+mod sources;
 pub mod status;
 pub mod triggers;
 
@@ -19,8 +22,13 @@ use futures::{FutureExt, StreamExt};
 use kube::{
     Api, Client,
     api::ListParams,
-    runtime::{Controller, controller, watcher},
+    runtime::{
+        Controller, controller,
+        reflector::{ObjectRef, ReflectHandle, Store},
+        watcher,
+    },
 };
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -84,14 +92,57 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
 
     let scan = settings.scan_module_sources;
     let concurrency = settings.concurrency;
-    let ctx = Arc::new(Context::new(client.clone(), store, settings, metrics));
-    ctx.metrics.set_ready(true);
-    let overrides = override_controller(client.clone(), ctx.clone(), concurrency, stop.clone());
-    if scan {
-        futures::future::join(overrides, scan_controller(client, ctx.clone(), stop)).await;
-    } else {
-        overrides.await;
+    let source_watch = sources::SourceWatch::new();
+    let flags = Arc::new(flags::Flags::default());
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        store,
+        settings,
+        metrics,
+        source_watch.store.clone(),
+        flags.clone(),
+    ));
+    let mpo_controller = Controller::new(
+        Api::<ModulePullOverride>::all(client.clone()),
+        watch_config(&ctx),
+    );
+    let mpos = mpo_controller.store();
+    let (wake, woken) = mpsc::unbounded_channel();
+    let scan_events = source_watch.subscribe().filter(|_| scan);
+    let watch = tokio::spawn(source_watch.run(
+        client.clone(),
+        watch_config(&ctx),
+        mpos.clone(),
+        flags.clone(),
+        wake,
+    ));
+    let writer = tokio::spawn(flags_writer(
+        flags,
+        client.clone(),
+        mpos,
+        ctx.sources.clone(),
+        stop.clone(),
+    ));
+    tokio::select! {
+        ready = ctx.sources.wait_until_ready() => if ready.is_err() { warn!("the ModuleSource watch ended before it synced") },
+        () = stop.cancelled() => {}
     }
+    ctx.metrics.set_ready(true);
+    let overrides = override_controller(
+        mpo_controller,
+        woken,
+        ctx.clone(),
+        concurrency,
+        stop.clone(),
+    );
+    match scan_events {
+        Some(events) => {
+            futures::future::join(overrides, scan_controller(events, ctx.clone(), stop)).await;
+        }
+        None => overrides.await,
+    }
+    watch.abort();
+    let _ = writer.await;
     ctx.metrics.set_ready(false);
     info!("controllers stopped; in-flight passes finished");
     if let Some(watcher) = watcher {
@@ -158,21 +209,36 @@ async fn preflight(client: &Client) -> Result<(), StartError> {
     Ok(())
 }
 
-async fn override_controller(
+/// The flags writer starts once both stores are filled: computed from an empty MPO store, the
+/// first flush would take every flag away.
+async fn flags_writer(
+    flags: Arc<flags::Flags>,
     client: Client,
+    mpos: Store<ModulePullOverride>,
+    sources: Store<ModuleSource>,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        (a, b) = futures::future::join(mpos.wait_until_ready(), sources.wait_until_ready()) => {
+            if a.is_err() || b.is_err() {
+                return;
+            }
+        }
+        () = stop.cancelled() => return,
+    }
+    flags::run_writer(flags, client, mpos, sources, stop).await;
+}
+
+async fn override_controller(
+    controller: Controller<ModulePullOverride>,
+    mut woken: mpsc::UnboundedReceiver<ObjectRef<ModulePullOverride>>,
     ctx: Arc<Context>,
     concurrency: u16,
     stop: CancellationToken,
 ) {
-    let mpos = Api::<ModulePullOverride>::all(client.clone());
-    let sources = Api::<ModuleSource>::all(client);
-    let controller = Controller::new(mpos, watch_config(&ctx));
-    let store = controller.store();
+    let woken = futures::stream::poll_fn(move |cx| woken.poll_recv(cx));
     controller
-        .watches(sources, watch_config(&ctx), move |source| {
-            triggers::mpos_of_source(&source, store.state().iter().map(|m| m.as_ref()))
-                .collect::<Vec<_>>()
-        })
+        .reconcile_on(woken)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -186,9 +252,12 @@ async fn override_controller(
         .await;
 }
 
-async fn scan_controller(client: Client, ctx: Arc<Context>, stop: CancellationToken) {
-    let sources = Api::<ModuleSource>::all(client);
-    Controller::new(sources, watch_config(&ctx))
+async fn scan_controller(
+    events: ReflectHandle<ModuleSource>,
+    ctx: Arc<Context>,
+    stop: CancellationToken,
+) {
+    Controller::for_shared_stream(events, ctx.sources.clone())
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(scan::scan_source, scan::scan_error_policy, ctx)
         .for_each(|result| async move {

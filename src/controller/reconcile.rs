@@ -11,7 +11,7 @@ use kube::{
 };
 use tracing::{debug, instrument, warn};
 
-use super::{Context, ControllerError, apply::apply, cleanup::cleanup};
+use super::{Context, ControllerError, apply::apply, cleanup::cleanup, schedule};
 use crate::crd::{FINALIZER, ModulePullOverride};
 
 #[instrument(skip_all, fields(mpo = %mpo.name_any()))]
@@ -20,17 +20,21 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ControllerError> {
     let api = Api::<ModulePullOverride>::all(ctx.client.clone());
-    finalizer(&api, FINALIZER, mpo, |event| async {
+    let name = mpo.name_any();
+    let action = finalizer(&api, FINALIZER, mpo, |event| async {
         match event {
             Event::Apply(mpo) => apply(mpo, &ctx).await,
             Event::Cleanup(mpo) => cleanup(mpo, &ctx).await,
         }
     })
     .await
-    .map_err(|e| ControllerError::Finalizer(Box::new(e)))
+    .map_err(|e| ControllerError::Finalizer(Box::new(e)))?;
+    ctx.api_succeeded(&name);
+    Ok(action)
 }
 
-/// API failures: retry soon, but not in a tight loop.
+/// API failures: retry with a backoff that grows to minutes, so a persistently failing write does
+/// not redo the pass (and its registry HEAD) every few seconds.
 pub fn error_policy(
     mpo: Arc<ModulePullOverride>,
     err: &ControllerError,
@@ -41,9 +45,11 @@ pub fn error_policy(
         debug!(mpo = %mpo.name_any(), "finalizer already changed on the server; retrying");
         return Action::requeue(Duration::from_secs(1));
     }
-    warn!(mpo = %mpo.name_any(), reason = err.reason(), "reconcile failed: {err}");
+    let name = mpo.name_any();
+    let wait = schedule::api_backoff(ctx.api_failed(&name), &name);
+    warn!(mpo = %name, reason = err.reason(), ?wait, "reconcile failed: {err}");
     ctx.metrics.reconciled(err.reason(), Duration::ZERO);
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(wait)
 }
 
 /// The finalizer helper guards its JSON patches with a `test` of the cached finalizers; the

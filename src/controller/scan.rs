@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 use tracing::{info, instrument, warn};
 
 use super::{
-    Context, ControllerError, context::LastCheck, source::registry_for, triggers::jittered,
+    Context, ControllerError,
+    schedule::{LastCheck, jittered},
+    source::registry_for,
 };
 use crate::crd::ModuleSource;
 

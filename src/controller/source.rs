@@ -1,22 +1,12 @@
 //! Step 1–2 of a pass: the ModuleSource an MPO names, and how to reach its registry.
 
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 
-use super::{Context, ControllerError, PassError};
+use super::{Context, PassError};
 use crate::{
     crd::{DockerCfgError, ModuleSource, Scheme},
     registry::{Registry, RegistryConfig, RepoName, Transport},
 };
-
-/// The source named by the MPO, or `None` when it does not exist.
-pub async fn load_source(
-    ctx: &Context,
-    name: &str,
-) -> Result<Option<ModuleSource>, ControllerError> {
-    Ok(Api::<ModuleSource>::all(ctx.client.clone())
-        .get_opt(name)
-        .await?)
-}
 
 /// SPEC §3.2: a source that lists modules must list this one. "Lists modules" is judged by
 /// `modulesCount` (written by the scan or whoever owns the list), not by the entries alone: the

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::error::PassError;
 use crate::{
     Digest,
-    crd::{ModulePullOverride, ModulePullOverrideStatus, ModuleSource},
+    crd::{ModulePullOverride, ModulePullOverrideStatus},
 };
 
 pub const READY: &str = "Ready";
@@ -103,41 +103,6 @@ pub fn status_patch(desired: &ModulePullOverrideStatus) -> Value {
     json!({ "status": desired })
 }
 
-/// True when the source already marks `module` as overridden.
-pub fn source_marks_overridden(source: &ModuleSource, module: &str) -> bool {
-    source
-        .status
-        .as_ref()
-        .and_then(|s| s.modules.as_ref())
-        .is_some_and(|modules| {
-            modules
-                .iter()
-                .any(|m| m.name == module && m.overridden == Some(true))
-        })
-}
-
-/// Server-side apply body that owns exactly `modules[name=<module>].overridden` (and the key).
-pub fn override_entry_apply(module: &str) -> Value {
-    json!({
-        "apiVersion": "deckhouse.io/v1alpha1",
-        "kind": "ModuleSource",
-        "status": { "modules": [ { "name": module, "overridden": true } ] }
-    })
-}
-
-/// Server-side apply body that gives up every field this MPO's manager owned in the source.
-pub fn override_entry_release() -> Value {
-    json!({ "apiVersion": "deckhouse.io/v1alpha1", "kind": "ModuleSource", "status": {} })
-}
-
-/// One field manager per MPO: SSA treats an apply as the manager's whole intent, so MPOs sharing
-/// a manager would remove each other's entries. Field managers are at most 128 bytes.
-pub fn override_field_manager(mpo_name: &str) -> String {
-    let mut manager = format!("mpo-operator-override-{mpo_name}");
-    manager.truncate(128);
-    manager
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,10 +195,5 @@ mod tests {
             (ready.status.as_str(), ready.reason.as_str()),
             ("False", "SourceNotFound")
         );
-    }
-
-    #[test]
-    fn field_managers_fit() {
-        assert!(override_field_manager(&"a".repeat(253)).len() <= 128);
     }
 }

@@ -1,12 +1,12 @@
 //! What makes a pass run: the renew annotations, the fingerprint of everything a pass depends
-//! on, the ModuleSource → MPO mapping and the jittered interval.
+//! on, and which MPOs a ModuleSource change must wake.
 
 use std::{
+    collections::BTreeSet,
     hash::{DefaultHasher, Hash, Hasher},
-    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use crate::crd::{ModulePullOverride, ModuleSource, RENEW_ANNOTATION, RENEW_FORCE_ANNOTATION};
@@ -66,28 +66,56 @@ pub fn fingerprint(mpo: &ModulePullOverride, source: Option<&ModuleSource>) -> u
     hasher.finish()
 }
 
-/// The MPOs that name `source`.
-pub fn mpos_of_source<'a>(
-    source: &'a ModuleSource,
-    mpos: impl IntoIterator<Item = &'a ModulePullOverride> + 'a,
-) -> impl Iterator<Item = ObjectRef<ModulePullOverride>> + 'a {
-    let name = source.name_any();
-    mpos.into_iter()
-        .filter(move |mpo| mpo.spec.source == name)
-        .map(ObjectRef::from_obj)
+/// What of a ModuleSource matters to its MPOs: how to reach the registry, and which modules it
+/// lists. Flags, `syncTime` and messages are not part of it, so writing them wakes nobody.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceView {
+    registry: u64,
+    scanned: bool,
+    listed: BTreeSet<String>,
 }
 
-/// `interval` plus up to 5 %, so that many MPOs created together drift apart.
-pub fn jittered(interval: Duration, seed: &str) -> Duration {
-    let mut hasher = DefaultHasher::new();
-    seed.hash(&mut hasher);
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos()
-        .hash(&mut hasher);
-    let per_mille = hasher.finish() % 50;
-    interval + interval.mul_f64(per_mille as f64 / 1000.0)
+impl SourceView {
+    pub fn of(source: &ModuleSource) -> Self {
+        let mut hasher = DefaultHasher::new();
+        serde_json::to_string(&source.spec.registry)
+            .unwrap_or_default()
+            .hash(&mut hasher);
+        let status = source.status.as_ref();
+        Self {
+            registry: hasher.finish(),
+            scanned: status.and_then(|s| s.modules_count).unwrap_or_default() > 0,
+            listed: status
+                .and_then(|s| s.modules.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|m| m.name.clone())
+                .collect(),
+        }
+    }
+
+    /// Whether an MPO for `module` may proceed (SPEC §3.2, as `source::check_module_listed`).
+    pub fn admits(&self, module: &str) -> bool {
+        !self.scanned || self.listed.contains(module)
+    }
+}
+
+/// The MPOs (given by name, all on this source) that a change of the source from `old` to `new`
+/// must wake: all of them when the source appears, goes or its registry settings change; else
+/// only those whose module became listed or unlisted.
+pub fn mpos_to_wake<'a>(
+    old: Option<&SourceView>,
+    new: Option<&SourceView>,
+    mpos_on_source: impl IntoIterator<Item = &'a str>,
+) -> Vec<&'a str> {
+    match (old, new) {
+        (Some(old), Some(new)) if old.registry == new.registry => mpos_on_source
+            .into_iter()
+            .filter(|m| old.admits(m) != new.admits(m))
+            .collect(),
+        (None, None) => Vec::new(),
+        _ => mpos_on_source.into_iter().collect(),
+    }
 }
 
 #[cfg(test)]
@@ -139,12 +167,96 @@ mod tests {
         assert_ne!(fingerprint(&a, None), fingerprint(&c, None));
     }
 
+    fn source(registry: &str, count: i64, listed: &[&str]) -> ModuleSource {
+        use crate::crd::{ModuleSourceSpec, ModuleSourceStatus, RegistrySpec, SourceModule};
+        let mut s = ModuleSource::new(
+            "src",
+            ModuleSourceSpec {
+                registry: RegistrySpec {
+                    repo: registry.into(),
+                    docker_cfg: Default::default(),
+                    ca: None,
+                    scheme: Default::default(),
+                },
+                release_channel: None,
+            },
+        );
+        s.status = Some(ModuleSourceStatus {
+            modules: Some(
+                listed
+                    .iter()
+                    .map(|n| SourceModule {
+                        name: (*n).into(),
+                        overridden: Some(true),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            modules_count: Some(count),
+            sync_time: Some("t".into()),
+            ..Default::default()
+        });
+        s
+    }
+
     #[test]
-    fn jitter_stays_within_five_percent() {
-        let base = Duration::from_secs(100);
-        for seed in ["a", "b", "c"] {
-            let d = jittered(base, seed);
-            assert!(d >= base && d < base + Duration::from_secs(5), "{d:?}");
+    fn only_what_matters_to_an_mpo_wakes_it() {
+        let view =
+            |registry, count, listed: &[&str]| SourceView::of(&source(registry, count, listed));
+        let mpos = ["a", "b", "c"];
+        let base = view("r/m", 2, &["a", "b"]);
+        let mut flags_and_sync = source("r/m", 2, &["a", "b"]);
+        if let Some(status) = flags_and_sync.status.as_mut() {
+            status.sync_time = Some("later".into());
+            status.message = Some("x".into());
+            for m in status.modules.iter_mut().flatten() {
+                m.overridden = None;
+            }
+        }
+        let cases: Vec<(&str, Option<SourceView>, Option<SourceView>, Vec<&str>)> = vec![
+            (
+                "source appears",
+                None,
+                Some(base.clone()),
+                vec!["a", "b", "c"],
+            ),
+            (
+                "source deleted",
+                Some(base.clone()),
+                None,
+                vec!["a", "b", "c"],
+            ),
+            (
+                "flags, syncTime, message",
+                Some(base.clone()),
+                Some(SourceView::of(&flags_and_sync)),
+                vec![],
+            ),
+            (
+                "registry changed",
+                Some(base.clone()),
+                Some(view("r/other", 2, &["a", "b"])),
+                vec!["a", "b", "c"],
+            ),
+            (
+                "c listed, b dropped",
+                Some(base.clone()),
+                Some(view("r/m", 2, &["a", "c"])),
+                vec!["b", "c"],
+            ),
+            (
+                "first scan lists only a",
+                Some(view("r/m", 0, &[])),
+                Some(view("r/m", 1, &["a"])),
+                vec!["b", "c"],
+            ),
+        ];
+        for (name, old, new, expected) in cases {
+            assert_eq!(
+                mpos_to_wake(old.as_ref(), new.as_ref(), mpos),
+                expected,
+                "{name}"
+            );
         }
     }
 }

@@ -1,0 +1,371 @@
+//! When a ModulePullOverride gets a pass (SPEC §3, Triggers): one pure piece, so that every rule —
+//! renew once, backoff, `Retry-After`, jitter, "our own status writes never trigger a pass" — is
+//! a table test here instead of a property of the reconcile loop.
+//!
+//! The reconciler calls [`decide`] on every wake-up (a watch event, a ModuleSource change that
+//! matters, or the requeue timer) and [`after_pass`] once a pass has finished.
+
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    time::{Duration, Instant},
+};
+
+use super::triggers::Renew;
+
+/// What the operator remembers of the last pass over one object (in memory only: after a restart
+/// every object gets one full pass, which also re-verifies the disk).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastCheck {
+    /// Hash of everything the pass read from the API (see `triggers::fingerprint`).
+    pub fingerprint: u64,
+    /// When the next pass is due.
+    pub due: Instant,
+    /// Whether the last pass ended in a failure.
+    pub failed: bool,
+    /// Transient failures in a row, for the backoff.
+    pub failures: u32,
+    /// Object versions whose renew annotation was already handled: the watch hands back the
+    /// annotated object (and our own status write on it) after the pass consumed the annotation.
+    pub renew_handled: Vec<String>,
+}
+
+/// What the reconciler sees now.
+#[derive(Clone, Copy, Debug)]
+pub struct Seen<'a> {
+    pub fingerprint: u64,
+    /// The renew annotation on the object, if any.
+    pub renew: Renew,
+    pub resource_version: Option<&'a str>,
+    /// The digest in the status is the active version on this replica's disk.
+    pub module_on_disk: bool,
+}
+
+/// Why a pass runs, for logs and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunReason {
+    FirstPass,
+    Renew(Renew),
+    InputsChanged,
+    Due,
+    ModuleMissingOnDisk,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Run(RunReason),
+    Wait(Duration),
+}
+
+/// Run a pass now, or wait: a pass runs when there was none yet, a renew is pending on a version
+/// not handled before, anything the pass reads changed, the check is due, or (after a success)
+/// the module vanished from disk. Anything else — our own status write echoing back, another
+/// MPO's flag on the source, its `syncTime` — waits for the time already planned.
+pub fn decide(now: Instant, last: Option<&LastCheck>, seen: &Seen<'_>) -> Decision {
+    let Some(last) = last else {
+        return Decision::Run(RunReason::FirstPass);
+    };
+    let renew = pending_renew(seen.renew, seen.resource_version, Some(last));
+    if renew != Renew::None {
+        return Decision::Run(RunReason::Renew(renew));
+    }
+    if last.fingerprint != seen.fingerprint {
+        return Decision::Run(RunReason::InputsChanged);
+    }
+    if now >= last.due {
+        return Decision::Run(RunReason::Due);
+    }
+    if !last.failed && !seen.module_on_disk {
+        return Decision::Run(RunReason::ModuleMissingOnDisk);
+    }
+    Decision::Wait(last.due - now)
+}
+
+/// The renew to act on: the annotation's, unless this very object version was handled already.
+pub fn pending_renew(
+    requested: Renew,
+    resource_version: Option<&str>,
+    last: Option<&LastCheck>,
+) -> Renew {
+    let handled = last
+        .is_some_and(|l| resource_version.is_some_and(|v| l.renew_handled.iter().any(|h| h == v)));
+    if handled { Renew::None } else { requested }
+}
+
+/// How a pass ended, as far as scheduling cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassResult {
+    InSync,
+    /// Needs a change (bad spec, unauthorized, invalid module): look again at the interval.
+    Permanent,
+    /// May pass by itself (network, 5xx, 429): back off, never sooner than `Retry-After`.
+    Transient {
+        retry_after: Option<Duration>,
+    },
+}
+
+/// The memory after a pass: when to look again and how many transient failures in a row.
+pub fn after_pass(
+    now: Instant,
+    result: PassResult,
+    interval: Duration,
+    name: &str,
+    previous: Option<&LastCheck>,
+    fingerprint: u64,
+    renew_handled: Vec<String>,
+) -> LastCheck {
+    let previous_failures = previous.map_or(0, |c| c.failures);
+    let (wait, failures) = match result {
+        PassResult::InSync => (jittered(interval, name), 0),
+        PassResult::Permanent => (jittered(interval, name), 0),
+        PassResult::Transient { retry_after } => (
+            retry_delay(previous_failures, interval, retry_after),
+            previous_failures.saturating_add(1),
+        ),
+    };
+    LastCheck {
+        fingerprint,
+        due: now + wait,
+        failed: result != PassResult::InSync,
+        failures,
+        renew_handled,
+    }
+}
+
+/// Exponential backoff for transient failures: 1 s, 2 s, 4 s … capped at the scan interval
+/// (SPEC §3.8).
+pub fn backoff(failures: u32, cap: Duration) -> Duration {
+    Duration::from_secs(1u64 << failures.min(16)).min(cap)
+}
+
+/// The wait before retrying a transient failure: the backoff, but never sooner than the
+/// registry's `Retry-After` (capped by the registry layer), which may exceed the interval: asking
+/// earlier would only be refused again and count against our rate limit.
+pub fn retry_delay(failures: u32, cap: Duration, retry_after: Option<Duration>) -> Duration {
+    backoff(failures, cap).max(retry_after.unwrap_or_default())
+}
+
+/// The longest wait after failed API calls (the apiserver refusing or unreachable).
+pub const MAX_API_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The wait after `failures` failed API calls in a row: 1 s doubling up to five minutes, plus
+/// jitter, so that a persistently failing write does not redo the pass (and its registry HEAD)
+/// every few seconds, and many objects failing together do not retry in lockstep.
+pub fn api_backoff(failures: u32, name: &str) -> Duration {
+    let base = Duration::from_secs(1u64 << failures.min(16)).min(MAX_API_BACKOFF);
+    jittered(base, name)
+}
+
+/// `interval` plus 0–5 %, chosen by the object's name: objects created together (or checked at
+/// once after a restart) drift apart instead of hitting the registry in lockstep, and one
+/// object's rhythm stays steady. Deterministic, so it can be tested.
+pub fn jittered(interval: Duration, name: &str) -> Duration {
+    let mut hasher = DefaultHasher::new();
+    name.hash(&mut hasher);
+    let per_mille = hasher.finish() % 50;
+    interval + interval.mul_f64(per_mille as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTERVAL: Duration = Duration::from_secs(15);
+
+    fn last(now: Instant, due_in: u64) -> LastCheck {
+        LastCheck {
+            fingerprint: 7,
+            due: now + Duration::from_secs(due_in),
+            failed: false,
+            failures: 0,
+            renew_handled: vec!["10".into()],
+        }
+    }
+
+    fn seen(renew: Renew, version: &str) -> Seen<'_> {
+        Seen {
+            fingerprint: 7,
+            renew,
+            resource_version: Some(version),
+            module_on_disk: true,
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let now = Instant::now();
+        let settled = last(now, 10);
+        let wait = Decision::Wait(Duration::from_secs(10));
+        let cases: Vec<(&str, Option<LastCheck>, Seen<'_>, Decision)> = vec![
+            (
+                "first pass",
+                None,
+                seen(Renew::None, "1"),
+                Decision::Run(RunReason::FirstPass),
+            ),
+            (
+                "own status write echoing back",
+                Some(settled.clone()),
+                seen(Renew::None, "11"),
+                wait,
+            ),
+            (
+                "renew on a new version",
+                Some(settled.clone()),
+                seen(Renew::Check, "12"),
+                Decision::Run(RunReason::Renew(Renew::Check)),
+            ),
+            (
+                "forced renew",
+                Some(settled.clone()),
+                seen(Renew::Force, "12"),
+                Decision::Run(RunReason::Renew(Renew::Force)),
+            ),
+            (
+                "renew already handled on this version",
+                Some(settled.clone()),
+                seen(Renew::Check, "10"),
+                wait,
+            ),
+            (
+                "spec or source changed",
+                Some(settled.clone()),
+                Seen {
+                    fingerprint: 8,
+                    ..seen(Renew::None, "11")
+                },
+                Decision::Run(RunReason::InputsChanged),
+            ),
+            (
+                "due",
+                Some(last(now, 0)),
+                seen(Renew::None, "11"),
+                Decision::Run(RunReason::Due),
+            ),
+            (
+                "module removed from disk",
+                Some(settled.clone()),
+                Seen {
+                    module_on_disk: false,
+                    ..seen(Renew::None, "11")
+                },
+                Decision::Run(RunReason::ModuleMissingOnDisk),
+            ),
+            (
+                "a failed pass has nothing on disk to miss",
+                Some(LastCheck {
+                    failed: true,
+                    ..settled.clone()
+                }),
+                Seen {
+                    module_on_disk: false,
+                    ..seen(Renew::None, "11")
+                },
+                wait,
+            ),
+        ];
+        for (name, last, seen, expected) in cases {
+            assert_eq!(decide(now, last.as_ref(), &seen), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn next_checks() {
+        let now = Instant::now();
+        let secs = Duration::from_secs;
+        let failing = |failures| LastCheck {
+            failures,
+            failed: true,
+            ..last(now, 0)
+        };
+        let cases: Vec<(&str, PassResult, Option<LastCheck>, Duration, u32)> = vec![
+            ("in sync", PassResult::InSync, None, INTERVAL, 0),
+            ("permanent", PassResult::Permanent, None, INTERVAL, 0),
+            (
+                "first transient",
+                PassResult::Transient { retry_after: None },
+                None,
+                secs(1),
+                1,
+            ),
+            (
+                "third transient doubles",
+                PassResult::Transient { retry_after: None },
+                Some(failing(2)),
+                secs(4),
+                3,
+            ),
+            (
+                "backoff capped at the interval",
+                PassResult::Transient { retry_after: None },
+                Some(failing(9)),
+                INTERVAL,
+                10,
+            ),
+            (
+                "Retry-After is a floor",
+                PassResult::Transient {
+                    retry_after: Some(secs(3)),
+                },
+                None,
+                secs(3),
+                1,
+            ),
+            (
+                "Retry-After above the interval",
+                PassResult::Transient {
+                    retry_after: Some(secs(60)),
+                },
+                Some(failing(9)),
+                secs(60),
+                10,
+            ),
+            (
+                "success resets the failures",
+                PassResult::InSync,
+                Some(failing(5)),
+                INTERVAL,
+                0,
+            ),
+        ];
+        for (name, result, previous, min_wait, failures) in cases {
+            let next = after_pass(now, result, INTERVAL, "echo", previous.as_ref(), 7, vec![]);
+            let wait = next.due - now;
+            let max_wait = if matches!(result, PassResult::Transient { .. }) {
+                min_wait
+            } else {
+                min_wait.mul_f64(1.05)
+            };
+            assert!(
+                wait >= min_wait && wait <= max_wait,
+                "{name}: {wait:?} not in {min_wait:?}..={max_wait:?}"
+            );
+            assert_eq!(next.failures, failures, "{name}");
+            assert_eq!(next.failed, result != PassResult::InSync, "{name}");
+        }
+    }
+
+    #[test]
+    fn jitter_spreads_objects_within_five_percent() {
+        let base = Duration::from_secs(100);
+        let waits: std::collections::BTreeSet<Duration> = (0..200)
+            .map(|i| jittered(base, &format!("m-{i}")))
+            .collect();
+        assert!(
+            waits.iter().all(|d| *d >= base && *d < base + base / 20),
+            "{waits:?}"
+        );
+        // Zero jitter would put all 200 objects on one instant.
+        assert!(waits.len() > 30, "only {} distinct waits", waits.len());
+        assert_eq!(jittered(base, "echo"), jittered(base, "echo"), "steady");
+    }
+
+    #[test]
+    fn api_failures_back_off_to_minutes() {
+        let near = |d: Duration, secs: u64| {
+            d >= Duration::from_secs(secs) && d <= Duration::from_secs(secs).mul_f64(1.05)
+        };
+        assert!(near(api_backoff(0, "a"), 1));
+        assert!(near(api_backoff(3, "a"), 8));
+        assert!(near(api_backoff(30, "a"), 300));
+    }
+}
