@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use kube::{ResourceExt, runtime::controller::Action};
-use tracing::info;
+use tracing::{info, warn};
+
+/// How long a deletion waits for the flags writer before letting the MPO go anyway.
+const FLAG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 use super::{Context, ControllerError};
 use crate::crd::ModulePullOverride;
@@ -15,8 +18,12 @@ pub async fn cleanup(
 ) -> Result<Action, ControllerError> {
     let name = mpo.name_any();
     // A missing source has no flag to clear and must not block the deletion: the writer skips it.
-    ctx.flags.mpo_gone(&name, &mpo.spec.source);
-    info!(mpo = %name, source = %mpo.spec.source, "deleted; its overridden flag is given back");
+    let round = ctx.flags.mpo_gone(&name, &mpo.spec.source);
+    if ctx.flags.wait_flushed(round, FLAG_WAIT).await {
+        info!(mpo = %name, source = %mpo.spec.source, "deleted; its overridden flag is given back");
+    } else {
+        warn!(mpo = %name, source = %mpo.spec.source, "deleted; its flag is cleared by a later write");
+    }
     ctx.forget_check(&name);
     ctx.metrics.forget(&name);
     Ok(Action::await_change())

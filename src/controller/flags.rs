@@ -33,16 +33,33 @@ use crate::crd::{ModulePullOverride, ModuleSource};
 pub const FLAGS_FIELD_MANAGER: &str = "mpo-operator-flags";
 /// Field managers of earlier versions (one per MPO); their fields are given up on first contact.
 const LEGACY_MANAGER_PREFIX: &str = "mpo-operator-override-";
+/// Whether `manager` writes flags (this version's or an earlier one's), so owning an entry does
+/// not make it listed.
+pub fn is_flags_manager(manager: &str) -> bool {
+    manager == FLAGS_FIELD_MANAGER || manager.starts_with(LEGACY_MANAGER_PREFIX)
+}
+
 /// How long changes are gathered before a source is written.
-pub const DEBOUNCE: Duration = Duration::from_millis(1000);
+pub const DEBOUNCE: Duration = Duration::from_millis(500);
 /// How often every source is recomputed from scratch (no write unless something differs).
 const RESYNC: Duration = Duration::from_secs(300);
 
 /// Which sources need their flags recomputed, and what was last written to each.
-#[derive(Default)]
 pub struct Flags {
     state: Mutex<State>,
     wake: Notify,
+    /// The last flush round that finished without an error.
+    flushed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Flags {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            wake: Notify::new(),
+            flushed: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -52,6 +69,8 @@ struct State {
     seen: HashMap<String, (String, bool)>,
     /// Per source: the set this operator last applied.
     written: HashMap<String, BTreeSet<String>>,
+    /// Flush rounds started so far; a source marked dirty now is written by a later round.
+    rounds: u64,
 }
 
 impl Flags {
@@ -73,15 +92,28 @@ impl Flags {
         self.wake.notify_one();
     }
 
-    /// The MPO is being deleted (or is gone): its source loses its flag.
-    pub fn mpo_gone(&self, name: &str, source: &str) {
+    /// The MPO is being deleted (or is gone): its source loses its flag. Returns the round after
+    /// which the flag is gone, for [`Flags::wait_flushed`].
+    pub fn mpo_gone(&self, name: &str, source: &str) -> u64 {
         let mut state = self.lock();
         if let Some((old_source, _)) = state.seen.remove(name) {
             state.dirty.insert(old_source);
         }
         state.dirty.insert(source.to_owned());
+        let round = state.rounds;
         drop(state);
         self.wake.notify_one();
+        round
+    }
+
+    /// Waits (at most `within`) until a round later than `round` has been written, so that a
+    /// deleted MPO's finalizer goes only once its flag is gone; a failing write does not block
+    /// the deletion forever (the next resync clears the flag).
+    pub async fn wait_flushed(&self, round: u64, within: Duration) -> bool {
+        let mut flushed = self.flushed.subscribe();
+        tokio::time::timeout(within, flushed.wait_for(|done| *done > round))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Something about the source changed that may change its set (its listing).
@@ -100,8 +132,11 @@ impl Flags {
             .extend(sources.state().iter().map(|s| s.name_any()));
     }
 
-    fn take_dirty(&self) -> BTreeSet<String> {
-        std::mem::take(&mut self.lock().dirty)
+    /// The sources to write in a new round, and that round's number.
+    fn take_dirty(&self) -> (u64, BTreeSet<String>) {
+        let mut state = self.lock();
+        state.rounds += 1;
+        (state.rounds, std::mem::take(&mut state.dirty))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -200,7 +235,8 @@ pub async fn run_writer(
             () = stop.cancelled() => return,
         }
         let mut failed = false;
-        for name in flags.take_dirty() {
+        let (round, dirty) = flags.take_dirty();
+        for name in dirty {
             if stop.is_cancelled() {
                 return;
             }
@@ -221,6 +257,7 @@ pub async fn run_writer(
             }
         } else {
             failures = 0;
+            flags.flushed.send_replace(round);
         }
     }
 }
@@ -399,15 +436,15 @@ mod tests {
     fn moving_an_mpo_marks_both_sources() {
         let flags = Flags::default();
         flags.mpo_seen(&mpo("a", "one", Some("sha256:1")));
-        assert_eq!(flags.take_dirty(), set(&["one"]));
+        assert_eq!(flags.take_dirty(), (1, set(&["one"])));
         flags.mpo_seen(&mpo("a", "one", Some("sha256:1")));
         assert!(
-            flags.take_dirty().is_empty(),
+            flags.take_dirty().1.is_empty(),
             "an unchanged MPO marks nothing"
         );
         flags.mpo_seen(&mpo("a", "two", Some("sha256:1")));
-        assert_eq!(flags.take_dirty(), set(&["one", "two"]));
-        flags.mpo_gone("a", "two");
-        assert_eq!(flags.take_dirty(), set(&["two"]));
+        assert_eq!(flags.take_dirty().1, set(&["one", "two"]));
+        let round = flags.mpo_gone("a", "two");
+        assert_eq!(flags.take_dirty(), (round + 1, set(&["two"])));
     }
 }

@@ -18,13 +18,13 @@ pub mod triggers;
 
 use std::sync::Arc;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     api::ListParams,
     runtime::{
-        Controller, controller,
-        reflector::{ObjectRef, ReflectHandle, Store},
+        Controller, WatchStreamExt, controller,
+        reflector::{self, ObjectRef, ReflectHandle, Store},
         watcher,
     },
 };
@@ -86,7 +86,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     };
     let stop = shutdown.child_token();
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = leadership
+    let lease_watch = leadership
         .as_ref()
         .map(|l| tokio::spawn(stop_when_lost(l.lost(), stop.clone(), lost.clone())));
 
@@ -102,11 +102,23 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
         source_watch.store.clone(),
         flags.clone(),
     ));
-    let mpo_controller = Controller::new(
+    let (mpos, mpo_writer) = reflector::store::<ModulePullOverride>();
+    let (mpos_synced, mpos_synced_rx) = tokio::sync::watch::channel(false);
+    let mpo_events = watcher(
         Api::<ModulePullOverride>::all(client.clone()),
         watch_config(&ctx),
-    );
-    let mpos = mpo_controller.store();
+    )
+    .default_backoff()
+    // Nothing reads managedFields of an MPO; a thousand of them are a megabyte of cache.
+    .modify(|mpo| mpo.managed_fields_mut().clear())
+    .reflect(mpo_writer)
+    .inspect_ok(move |event| {
+        if matches!(event, watcher::Event::InitDone) {
+            mpos_synced.send_replace(true);
+        }
+    })
+    .applied_objects();
+    let mpo_controller = Controller::for_stream(mpo_events, mpos.clone());
     let (wake, woken) = mpsc::unbounded_channel();
     let scan_events = source_watch.subscribe().filter(|_| scan);
     let watch = tokio::spawn(source_watch.run(
@@ -116,17 +128,21 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
         flags.clone(),
         wake,
     ));
-    let writer = tokio::spawn(flags_writer(
-        flags,
-        client.clone(),
-        mpos,
-        ctx.sources.clone(),
-        stop.clone(),
-    ));
+    // Only one task at a time may wait for a store to fill: kube-runtime's readiness signal wakes
+    // just the last of several concurrent waiters. So this waits for the sources before anything
+    // else does, and the MPO store's fill is told by our own signal, not by its readiness.
     tokio::select! {
         ready = ctx.sources.wait_until_ready() => if ready.is_err() { warn!("the ModuleSource watch ended before it synced") },
         () = stop.cancelled() => {}
     }
+    let writer = tokio::spawn(flags_writer(
+        flags,
+        client.clone(),
+        mpos,
+        mpos_synced_rx,
+        ctx.sources.clone(),
+        stop.clone(),
+    ));
     ctx.metrics.set_ready(true);
     let overrides = override_controller(
         mpo_controller,
@@ -145,8 +161,8 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     let _ = writer.await;
     ctx.metrics.set_ready(false);
     info!("controllers stopped; in-flight passes finished");
-    if let Some(watcher) = watcher {
-        watcher.abort();
+    if let Some(lease_watch) = lease_watch {
+        lease_watch.abort();
     }
     if let Some(leadership) = leadership {
         leadership.release().await;
@@ -215,12 +231,13 @@ async fn flags_writer(
     flags: Arc<flags::Flags>,
     client: Client,
     mpos: Store<ModulePullOverride>,
+    mut mpos_synced: tokio::sync::watch::Receiver<bool>,
     sources: Store<ModuleSource>,
     stop: CancellationToken,
 ) {
     tokio::select! {
-        (a, b) = futures::future::join(mpos.wait_until_ready(), sources.wait_until_ready()) => {
-            if a.is_err() || b.is_err() {
+        synced = mpos_synced.wait_for(|synced| *synced) => {
+            if synced.is_err() {
                 return;
             }
         }

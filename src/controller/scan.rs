@@ -89,11 +89,13 @@ fn scan_status(source: &ModuleSource, listed: &Result<Vec<String>, String>) -> V
     })
 }
 
+/// The names the source lists now; entries that only carry a flag are not names to keep.
 fn known_modules(source: &ModuleSource) -> Vec<String> {
     source
         .status
         .iter()
         .flat_map(|s| s.modules.iter().flatten())
+        .filter(|m| super::source::is_listed(source, &m.name))
         .map(|m| m.name.clone())
         .collect()
 }

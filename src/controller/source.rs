@@ -2,23 +2,24 @@
 
 use kube::ResourceExt;
 
-use super::{Context, PassError};
+use super::{Context, PassError, flags};
 use crate::{
     crd::{DockerCfgError, ModuleSource, Scheme},
     registry::{Registry, RegistryConfig, RepoName, Transport},
 };
 
 /// SPEC §3.2: a source that lists modules must list this one. "Lists modules" is judged by
-/// `modulesCount` (written by the scan or whoever owns the list), not by the entries alone: the
-/// entries also hold the `overridden` flags of other MPOs, which would make an unscanned source
-/// look like one that lists only those modules.
+/// `modulesCount` (written by the scan or whoever owns the list), not by the entries alone, and an
+/// entry counts only when some writer other than the flags writer owns it: the flags writer's own
+/// `overridden` entries would otherwise make an unlisted module look listed, and keep itself so.
 pub fn check_module_listed(source: &ModuleSource, module: &str) -> Result<(), PassError> {
-    let status = source.status.as_ref();
-    let scanned = status.and_then(|s| s.modules_count).unwrap_or_default() > 0;
-    let modules = status
-        .and_then(|s| s.modules.as_deref())
-        .unwrap_or_default();
-    if !scanned || modules.iter().any(|m| m.name == module) {
+    let scanned = source
+        .status
+        .as_ref()
+        .and_then(|s| s.modules_count)
+        .unwrap_or_default()
+        > 0;
+    if !scanned || is_listed(source, module) {
         Ok(())
     } else {
         Err(PassError::ModuleNotListed {
@@ -26,6 +27,33 @@ pub fn check_module_listed(source: &ModuleSource, module: &str) -> Result<(), Pa
             source_name: source.name_any(),
         })
     }
+}
+
+/// Whether the source's status has an entry for `module` that a lister (not only the flags
+/// writer) owns. Without managedFields (nothing to tell owners apart), any entry counts.
+pub fn is_listed(source: &ModuleSource, module: &str) -> bool {
+    let has_entry = source
+        .status
+        .as_ref()
+        .and_then(|s| s.modules.as_ref())
+        .is_some_and(|modules| modules.iter().any(|m| m.name == module));
+    if !has_entry {
+        return false;
+    }
+    let managers = source.managed_fields();
+    if managers.is_empty() {
+        return true;
+    }
+    let key = format!("k:{}", serde_json::json!({ "name": module }));
+    managers
+        .iter()
+        .filter(|e| !e.manager.as_deref().is_some_and(flags::is_flags_manager))
+        .filter_map(|e| e.fields_v1.as_ref())
+        .any(|f| {
+            f.0.pointer("/f:status/f:modules")
+                .and_then(|m| m.get(&key))
+                .is_some()
+        })
 }
 
 /// The registry client for a source: credentials for its host, its CA and scheme.
@@ -115,5 +143,30 @@ mod tests {
             check_module_listed(&source(Some(1), &["other"]), "echo"),
             Err(PassError::ModuleNotListed { .. })
         ));
+    }
+
+    #[test]
+    fn an_entry_only_the_flags_writer_owns_is_not_listed() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+        let mut s = source(Some(2), &["echo", "other"]);
+        let owns = |manager: &str, name: &str| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            subresource: Some("status".into()),
+            fields_v1: Some(FieldsV1(serde_json::json!({"f:status": {"f:modules": {
+                format!("k:{{\"name\":\"{name}\"}}"): {".": {}, "f:name": {}}
+            }}}))),
+            ..Default::default()
+        };
+        s.metadata.managed_fields = Some(vec![
+            owns("mpo-operator-scan", "other"),
+            owns(flags::FLAGS_FIELD_MANAGER, "echo"),
+            owns(flags::FLAGS_FIELD_MANAGER, "other"),
+        ]);
+        assert!(is_listed(&s, "other"));
+        assert!(
+            !is_listed(&s, "echo"),
+            "a flag alone does not list a module"
+        );
+        assert!(check_module_listed(&s, "echo").is_err());
     }
 }

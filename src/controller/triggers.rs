@@ -89,6 +89,7 @@ impl SourceView {
                 .and_then(|s| s.modules.as_ref())
                 .into_iter()
                 .flatten()
+                .filter(|m| super::source::is_listed(source, &m.name))
                 .map(|m| m.name.clone())
                 .collect(),
         }
@@ -213,7 +214,13 @@ mod tests {
                 m.overridden = None;
             }
         }
-        let cases: Vec<(&str, Option<SourceView>, Option<SourceView>, Vec<&str>)> = vec![
+        type Case<'a> = (
+            &'a str,
+            Option<SourceView>,
+            Option<SourceView>,
+            Vec<&'a str>,
+        );
+        let cases: Vec<Case<'_>> = vec![
             (
                 "source appears",
                 None,

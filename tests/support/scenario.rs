@@ -226,6 +226,40 @@ impl Scenario {
         base64::engine::general_purpose::STANDARD.encode(json)
     }
 
+    /// Deletes `object` (e.g. `ms/other`) when the scenario ends, before the source.
+    pub fn track(&mut self, object: &str) {
+        if !self.objects.iter().any(|o| o == object) {
+            self.objects.insert(0, object.to_owned());
+        }
+    }
+
+    /// A second ModuleSource `name` for the same registry, applied and tracked.
+    pub fn apply_other_source(&mut self, name: &str) {
+        let options = SourceOptions {
+            docker_cfg: Some(self.registry.docker_cfg()),
+            with_ca: true,
+        };
+        let yaml = self.source_yaml(&options).replace(
+            &format!("name: {}\n", self.source),
+            &format!("name: {name}\n"),
+        );
+        self.cluster.apply_ok(&yaml);
+        let object = format!("ms/{name}");
+        self.objects.push(object);
+    }
+
+    /// `kubectl get ms/<name> -o json`.
+    pub fn source_named(&self, name: &str) -> Value {
+        let out = self.cluster.kubectl(&[
+            "get",
+            &format!("ms/{name}"),
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
     pub fn forget(&mut self, object: &str) {
         self.objects.retain(|o| o != object);
     }

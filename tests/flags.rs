@@ -1,0 +1,120 @@
+//! The `overridden` flags of a ModuleSource follow the MPOs (SPEC §3.6): one field manager for
+//! all of them, no flag left on a source an MPO moved away from, and no phantom entry for a module
+//! the source does not list — before its first scan and after it.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{
+    images::push_module_names,
+    registry::RegistryKind,
+    scenario::{REPO_PATH, Scenario},
+    wait_for,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The source's entry for `module`, if any.
+fn entry(source: &Value, module: &str) -> Option<Value> {
+    source["status"]["modules"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == module)
+        .cloned()
+}
+
+fn flagged(source: &Value, module: &str) -> bool {
+    entry(source, module).is_some_and(|e| e["overridden"] == true)
+}
+
+/// Field managers that own anything in the source's status.
+fn status_managers(source: &Value) -> Vec<String> {
+    source["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["subresource"] == "status")
+        .filter_map(|m| m["manager"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn moving_spec_source_moves_the_flag_and_leaves_nothing_behind() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(cluster, "move-src", RegistryKind::Plain, &[], &[]).await;
+    let (module, digest) = s.ready_module("15s").await;
+    wait_for("the flag on the first source", WAIT, || async {
+        flagged(&s.source_object(), &module).then_some(())
+    })
+    .await;
+    let managers = status_managers(&s.source_named(&s.source));
+    assert!(
+        managers.iter().any(|m| m == "mpo-operator-flags")
+            && !managers
+                .iter()
+                .any(|m| m.starts_with("mpo-operator-override")),
+        "one manager for the flags, none per MPO: {managers:?}"
+    );
+
+    let other = format!("{}-b", s.source);
+    s.apply_other_source(&other);
+    let moved = s.mpo_yaml(&module, "dev", "15s").replace(
+        &format!("source: {}\n", s.source),
+        &format!("source: {other}\n"),
+    );
+    cluster.apply_ok(&moved);
+
+    wait_for("the flag on the new source", WAIT, || async {
+        flagged(&s.source_named(&other), &module).then_some(())
+    })
+    .await;
+    wait_for("no entry left on the old source", WAIT, || async {
+        entry(&s.source_object(), &module).is_none().then_some(())
+    })
+    .await;
+    s.wait_for_digest(&module, &digest, WAIT).await;
+}
+
+#[tokio::test]
+async fn an_unlisted_module_has_no_entry_after_the_first_scan_and_gets_one_once_listed() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(
+        cluster,
+        "unlisted",
+        RegistryKind::Plain,
+        &[],
+        &["--source-scan-interval", "2s"],
+    )
+    .await;
+    // Before the source lists anything, an override may run (SPEC §3.2) and is flagged.
+    let (module, _) = s.ready_module("15s").await;
+    wait_for("the flag before the first scan", WAIT, || async {
+        flagged(&s.source_object(), &module).then_some(())
+    })
+    .await;
+
+    // The scan now lists another module only: the MPO is refused and its entry disappears.
+    push_module_names(&s.registry, REPO_PATH, &["other"])
+        .await
+        .expect("names pushed");
+    s.wait_for_message(&module, "is not in ModuleSource", WAIT)
+        .await;
+    wait_for("no phantom entry for the unlisted module", WAIT, || async {
+        let source = s.source_object();
+        (source["status"]["modulesCount"] == 1 && entry(&source, &module).is_none()).then_some(())
+    })
+    .await;
+
+    // Listed again: Ready, and the flag is back on the scan's entry.
+    push_module_names(&s.registry, REPO_PATH, &[module.as_str()])
+        .await
+        .expect("names pushed");
+    wait_for("the flag once the module is listed", WAIT, || async {
+        let source = s.source_object();
+        let ready = s.mpo(&module)["status"]["message"] == "";
+        (ready && flagged(&source, &module) && source["status"]["modulesCount"] == 2).then_some(())
+    })
+    .await;
+}
