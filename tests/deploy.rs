@@ -344,6 +344,18 @@ async fn json_logs_have_one_line_per_step_and_nothing_at_info_when_idle() {
     )
     .await;
     let (module, _) = s.ready_module("1s").await;
+    // The source's flag is written (and logged) just after the status: part of the change.
+    wait_for("the overridden flag", WAIT, || async {
+        let source = s.source_object();
+        source["status"]["modules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["name"] == module.as_str() && m["overridden"] == true)
+            .then_some(())
+            .filter(|()| s.operator.log().contains("overridden flags written"))
+    })
+    .await;
     let lines_when_ready = s.operator.log().lines().count();
     let heads = s.registry.count_requests("HEAD", &module);
     wait_for("a few idle checks", WAIT, || async {

@@ -3,6 +3,7 @@ use std::{borrow::Cow, collections::BTreeMap, fmt};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// `spec.registry.dockerCfg`: base64 of a docker `config.json` (raw JSON is accepted too).
 /// Its `Debug` never prints the content, so it is safe inside any logged struct.
@@ -33,13 +34,11 @@ pub enum DockerCfgError {
     EmptyEntry { host: String },
 }
 
-#[derive(Deserialize)]
 struct ConfigJson {
-    #[serde(default)]
     auths: BTreeMap<String, AuthEntry>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Default)]
 struct AuthEntry {
     username: Option<String>,
     password: Option<String>,
@@ -86,8 +85,16 @@ impl DockerCfg {
                 .decode(compact)
                 .map_err(|_| DockerCfgError::NotBase64)?
         };
-        // serde_json's message names a line and column, never the content, so it is safe to show.
-        serde_json::from_slice(&json).map_err(|e| DockerCfgError::NotJson(e.to_string()))
+        // Only the position of a syntax error is reported: serde_json's own messages quote
+        // values ("invalid type: string \"dXNlcjpw…\""), which would put a password in the status.
+        let value: Value = serde_json::from_slice(&json).map_err(|e| {
+            DockerCfgError::NotJson(format!(
+                "invalid JSON at line {} column {}",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        config_from_value(&value)
     }
 }
 
@@ -116,6 +123,50 @@ impl AuthEntry {
             host: host.to_owned(),
         })
     }
+}
+
+/// The docker config from parsed JSON, checked by hand so that a wrong-typed value is reported by
+/// its place and expected type, never by its content (often a base64 `user:password`).
+fn config_from_value(value: &Value) -> Result<ConfigJson, DockerCfgError> {
+    let root = value
+        .as_object()
+        .ok_or_else(|| shape("the top level", "an object"))?;
+    let Some(auths) = root.get("auths").filter(|a| !a.is_null()) else {
+        return Ok(ConfigJson {
+            auths: BTreeMap::new(),
+        });
+    };
+    let auths = auths
+        .as_object()
+        .ok_or_else(|| shape("\"auths\"", "an object"))?;
+    let total = auths.len();
+    let mut out = BTreeMap::new();
+    for (index, (host, entry)) in auths.iter().enumerate() {
+        let place = format!("auths entry {} of {total}", index + 1);
+        let entry = entry
+            .as_object()
+            .ok_or_else(|| shape(&place, "an object"))?;
+        let field = |name: &str| -> Result<Option<String>, DockerCfgError> {
+            match entry.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(text)) => Ok(Some(text.clone())),
+                Some(_) => Err(shape(&format!("{place}: {name:?}"), "a string")),
+            }
+        };
+        let parsed = AuthEntry {
+            username: field("username")?,
+            password: field("password")?,
+            auth: field("auth")?,
+            identitytoken: field("identitytoken")?,
+            registrytoken: field("registrytoken")?,
+        };
+        out.insert(host.clone(), parsed);
+    }
+    Ok(ConfigJson { auths: out })
+}
+
+fn shape(place: &str, expected: &str) -> DockerCfgError {
+    DockerCfgError::NotJson(format!("{place} is not {expected}"))
 }
 
 fn decode_auth_field(auth: &str) -> Option<RegistryCredentials> {
@@ -237,5 +288,85 @@ mod tests {
         for text in [format!("{c:?}"), format!("{creds:?}")] {
             assert!(!text.contains("hunter2"), "{text}");
         }
+    }
+}
+
+#[cfg(test)]
+mod no_secret_in_errors {
+    //! Whatever shape a dockerCfg has, its content never reaches an error message.
+    use super::*;
+    use proptest::prelude::*;
+
+    const MARKER: &str = "S3CRETmarker";
+
+    /// JSON values that carry the marker wherever a value or key can be.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::String(MARKER.into())),
+            Just(Value::String(STANDARD.encode(format!("user:{MARKER}")))),
+            Just(Value::Bool(true)),
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key(), inner), 0..4)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(MARKER.to_owned()),
+            Just("auths".to_owned()),
+            Just("auth".to_owned()),
+            Just("username".to_owned()),
+            Just("password".to_owned()),
+            Just("identitytoken".to_owned()),
+            Just("registrytoken".to_owned()),
+            Just("r.example".to_owned()),
+        ]
+    }
+
+    /// Configs of the right outline with wrong-typed or marker-filled parts.
+    fn config() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            value(),
+            value().prop_map(|v| serde_json::json!({ "auths": v })),
+            value().prop_map(|v| serde_json::json!({ "auths": { "r.example": v } })),
+            (key(), value())
+                .prop_map(|(k, v)| { serde_json::json!({ "auths": { "r.example": { k: v } } }) }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn the_marker_never_appears_in_an_error(config in config(), cut in 0usize..200, raw in any::<bool>()) {
+            let text = config.to_string();
+            // Whole, and cut short (a syntax error mid-value).
+            for candidate in [text.clone(), text.chars().take(cut).collect()] {
+                let encoded = if raw { candidate.clone() } else { STANDARD.encode(&candidate) };
+                if let Err(e) = DockerCfg::new(encoded).credentials_for("r.example") {
+                    let message = e.to_string();
+                    prop_assert!(!message.contains(MARKER), "{message}");
+                    prop_assert!(!message.contains(&STANDARD.encode(format!("user:{MARKER}"))), "{message}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_bare_string_entry_names_its_place() {
+        let cfg = DockerCfg::new(format!(r#"{{"auths":{{"r.example":"{MARKER}"}}}}"#));
+        let message = cfg
+            .credentials_for("r.example")
+            .expect_err("refused")
+            .to_string();
+        assert_eq!(
+            message,
+            "dockerCfg is not a docker config.json: auths entry 1 of 1 is not an object"
+        );
     }
 }

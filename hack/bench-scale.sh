@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The scale benchmark (benches/scale.rs): N ModulePullOverrides on one ModuleSource against a real
+# kube-apiserver + etcd and a real registry, the operator built with the release profile. Starts
+# the control plane like hack/test.sh, runs `cargo bench --bench scale`, stops it however it ends.
+#   MPO_BENCH_SCALE_N=100,1000 MPO_BENCH_IDLE_SECONDS=60 bash hack/bench-scale.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { printf '[bench-scale] %s\n' "$*" >&2; }
+[ "${MPO_SKIP_INSTALL:-}" = 1 ] || bash hack/install-deps.sh >/dev/null
+[ -n "${KUBEBUILDER_ASSETS:-}" ] || bash hack/k8s-bins.sh >/dev/null
+log "building the benchmark and the operator (release profile)"
+cargo bench --locked --bench scale --no-run
+dir=$(mktemp -d "${TMPDIR:-/tmp}/mpo-control-plane.XXXXXX")
+trap 'bash hack/control-plane.sh stop "$dir"; rm -rf "$dir"' EXIT
+bash hack/control-plane.sh start "$dir" >/dev/null
+# shellcheck disable=SC1091
+. "$dir/env"
+cargo bench --locked --bench scale
