@@ -5,19 +5,13 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::registry::RegistryCredentials;
+
 /// `spec.registry.dockerCfg`: base64 of a docker `config.json` (raw JSON is accepted too).
 /// Its `Debug` never prints the content, so it is safe inside any logged struct.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct DockerCfg(String);
-
-/// What the operator sends to one registry host. `Debug` prints the kind and user, never a secret.
-#[derive(Clone, PartialEq, Eq)]
-pub enum RegistryCredentials {
-    Anonymous,
-    Basic { username: String, password: String },
-    Bearer(String),
-}
 
 /// Why a dockerCfg cannot be used. Messages never quote the secret itself.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -191,16 +185,6 @@ impl fmt::Debug for DockerCfg {
             f.write_str("DockerCfg(empty)")
         } else {
             write!(f, "DockerCfg(<redacted {} bytes>)", self.0.len())
-        }
-    }
-}
-
-impl fmt::Debug for RegistryCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Anonymous => f.write_str("Anonymous"),
-            Self::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
-            Self::Bearer(_) => f.write_str("Bearer(<redacted>)"),
         }
     }
 }

@@ -10,13 +10,14 @@ use reqwest::Method;
 use tokio::io::AsyncRead;
 use tokio_util::io::StreamReader;
 
+use super::RegistryCredentials;
 use super::{
     ModuleRef, RegistryError, RepoName,
     http::{Http, SharedHttp, content_digest, read_body},
     limits,
     verify::Verified,
 };
-use crate::{Digest, crd::RegistryCredentials};
+use crate::Digest;
 
 /// `spec.registry.scheme`, without the Kubernetes type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,6 +8,7 @@
 //! as long as the registry asked.
 
 mod client;
+mod credentials;
 mod error;
 mod http;
 mod limits;
@@ -16,6 +17,7 @@ mod stats;
 mod verify;
 
 pub use client::{ImageManifest, Layer, LayerMediaType, Registry, RegistryConfig, Transport};
+pub use credentials::RegistryCredentials;
 pub use error::{MAX_RETRY_AFTER, RegistryError};
 pub use limits::{DEFAULT_MAX_REQUESTS_PER_HOST, max_requests_per_host, set_max_requests_per_host};
 pub use reference::{ModuleRef, RepoName};
