@@ -4,9 +4,8 @@
 //! `large_module` in tests/support/images.rs: `module.yaml` and `files/blob.bin`, one gzip
 //! layer), pushes it to a local plain-HTTP `docker-registry` (tests/support/registry.rs), then
 //! measures, each in a child process of its own so that image generation does not count:
-//! - the operator's own path: `Registry::manifest` + `Registry::layer_reader` streamed through
-//!   `SyncIoBridge` into `Staging::apply_layer`, then `validate` and `commit`, exactly as
-//!   src/controller/fetch.rs does it (this binary, re-executed with `__pull`);
+//! - the operator's own path: `mpo_operator::install::install`, the function the controller
+//!   calls for every download (this binary, re-executed with `__pull`);
 //! - `curl <blob> | tar -xzf -` (no digest check, no fsync);
 //! - `skopeo copy docker://… oci:…` then `tar -xzf` of the layer blob.
 //!
@@ -38,14 +37,11 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use flate2::{Compression, write::GzEncoder};
 use mpo_operator::{
     Digest,
-    crd::RegistryCredentials,
-    registry::{
-        LayerMediaType, ModuleRef, Registry, RegistryConfig, RegistryError, RepoName, Transport,
-    },
-    storage::{Installed, LayerCompression, Limits, ModuleInfo, ModuleStore, Staging},
+    install::install,
+    registry::{ModuleRef, Registry, RegistryConfig, RegistryCredentials, RepoName, Transport},
+    storage::{Installed, Limits, ModuleStore},
 };
 use sha2::{Digest as _, Sha256};
-use tokio_util::io::SyncIoBridge;
 
 use registry::{RegistryKind, TestRegistry};
 
@@ -70,7 +66,7 @@ fn main() -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The child: the operator's download path, as in src/controller/fetch.rs.
+// The child: the operator's own install pipeline (src/install.rs), nothing copied.
 // ---------------------------------------------------------------------------------------------
 
 /// `__pull <host:port> <module> <manifest digest> <store dir>`; prints one `RESULT` line.
@@ -106,47 +102,8 @@ async fn pull(host: &str, module: &str, digest: &str, store_dir: &Path) -> Resul
     let digest: Digest = digest.parse().context("parsing the manifest digest")?;
     let store = ModuleStore::new(store_dir, Limits::default());
 
-    let manifest = registry.manifest(&image, &digest).await?;
-    let size = manifest.compressed_size();
-    if size > MAX_COMPRESSED_BYTES {
-        let limit = MAX_COMPRESSED_BYTES;
-        return Err(RegistryError::TooLarge { size, limit }.into());
-    }
-    let mut staging = store.stage(image.module(), &digest)?;
-    for layer in &manifest.layers {
-        let reader = registry.layer_reader(&image, layer).await?;
-        let compression = match layer.media_type {
-            LayerMediaType::TarGzip => LayerCompression::Gzip,
-            LayerMediaType::Tar => LayerCompression::None,
-        };
-        staging = apply_layer_blocking(staging, reader, compression).await?;
-    }
-    let (installed, _info) = commit_blocking(staging, image.module().to_owned()).await?;
-    Ok(installed)
-}
-
-/// As in fetch.rs: the synchronous unpacker on a blocking thread, reading the body through a
-/// bridge.
-async fn apply_layer_blocking(
-    mut staging: Staging,
-    reader: impl tokio::io::AsyncRead + Send + Unpin + 'static,
-    compression: LayerCompression,
-) -> Result<Staging> {
-    tokio::task::spawn_blocking(move || {
-        let bridge = SyncIoBridge::new(reader);
-        staging.apply_layer(bridge, compression).map(|_| staging)
-    })
-    .await?
-    .map_err(Into::into)
-}
-
-async fn commit_blocking(staging: Staging, module: String) -> Result<(Installed, ModuleInfo)> {
-    tokio::task::spawn_blocking(move || {
-        let info = staging.validate(&module)?;
-        let installed = staging.commit(&info)?;
-        Ok((installed, info))
-    })
-    .await?
+    let report = install(&registry, &store, &image, &digest, MAX_COMPRESSED_BYTES).await?;
+    Ok(report.installed)
 }
 
 /// Peak resident set of this process, as the kernel counts it.

@@ -7,6 +7,7 @@
 pub mod controller;
 pub mod crd;
 pub mod digest;
+pub mod install;
 pub mod metrics;
 pub mod registry;
 pub mod server;

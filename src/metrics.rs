@@ -1,63 +1,194 @@
-//! Counters exposed at /metrics in the Prometheus text format.
+//! What /metrics exposes, with prometheus-client (OpenMetrics text). Names and labels are listed in
+//! README.md; per-MPO series are removed when the MPO is deleted.
 
 use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
+    collections::{BTreeMap, HashMap},
     sync::{
-        Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-#[derive(Default)]
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+
+use crate::{install::Report, registry::RequestObserver};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    status: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// 5 ms … ~80 s: registry requests, idle passes and downloads alike.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
 pub struct Metrics {
-    reconciles: Mutex<BTreeMap<&'static str, (u64, f64)>>,
-    bytes_downloaded: AtomicU64,
-    unpack_seconds_total: Mutex<f64>,
-    unpacks: AtomicU64,
-    last_check: Mutex<BTreeMap<String, f64>>,
+    registry: Registry,
+    passes: Family<ResultLabel, Counter>,
+    pass_seconds: HistogramFamily<ResultLabel>,
+    registry_requests: Family<RequestLabels, Counter>,
+    registry_seconds: HistogramFamily<RequestLabels>,
+    downloaded_bytes: Counter,
+    installs: Counter,
+    install_seconds: Histogram,
+    renew_seconds: Histogram,
+    leader: Gauge,
+    last_checks: Arc<LastChecks>,
+    /// MPO name → when a renew annotation was first seen on it, until a pass handled it.
+    renews: Mutex<HashMap<String, Instant>>,
     ready: AtomicBool,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
+    pub fn new() -> Self {
+        let mut metrics = Self {
+            registry: Registry::default(),
+            passes: Family::default(),
+            pass_seconds: Family::new_with_constructor(seconds_histogram),
+            registry_requests: Family::default(),
+            registry_seconds: Family::new_with_constructor(seconds_histogram),
+            downloaded_bytes: Counter::default(),
+            installs: Counter::default(),
+            install_seconds: seconds_histogram(),
+            renew_seconds: seconds_histogram(),
+            leader: Gauge::default(),
+            last_checks: Arc::default(),
+            renews: Mutex::default(),
+            ready: AtomicBool::new(false),
+        };
+        metrics.register_all();
+        metrics
+    }
+
+    fn register_all(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "mpo_reconciles",
+            "Passes over ModulePullOverrides by result (Updated, Unchanged or a failure reason)",
+            self.passes.clone(),
+        );
+        r.register_with_unit(
+            "mpo_pass_duration",
+            "Duration of a pass by result",
+            Unit::Seconds,
+            self.pass_seconds.clone(),
+        );
+        r.register(
+            "mpo_registry_requests",
+            "Registry requests by method and HTTP status (error: no response)",
+            self.registry_requests.clone(),
+        );
+        r.register_with_unit(
+            "mpo_registry_request_duration",
+            "Registry request duration until the response headers, by method and HTTP status",
+            Unit::Seconds,
+            self.registry_seconds.clone(),
+        );
+        r.register(
+            "mpo_downloaded_bytes",
+            "Compressed layer bytes downloaded and verified",
+            self.downloaded_bytes.clone(),
+        );
+        r.register(
+            "mpo_unpacks",
+            "Module versions downloaded, unpacked and switched in",
+            self.installs.clone(),
+        );
+        r.register_with_unit(
+            "mpo_install_duration",
+            "From the manifest request to the switch of a new module version",
+            Unit::Seconds,
+            self.install_seconds.clone(),
+        );
+        r.register_with_unit(
+            "mpo_renew_to_applied",
+            "From the first sight of a renew annotation to the end of the pass that handled it",
+            Unit::Seconds,
+            self.renew_seconds.clone(),
+        );
+        r.register(
+            "mpo_leader",
+            "1 while this replica holds the lease (or runs without leader election), else 0",
+            self.leader.clone(),
+        );
+        r.register_collector(Box::new(self.last_checks.clone()));
+    }
+
     pub fn reconciled(&self, result: &'static str, took: Duration) {
-        let mut map = self.reconciles.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.entry(result).or_default();
-        entry.0 += 1;
-        entry.1 += took.as_secs_f64();
+        let label = ResultLabel { result };
+        self.passes.get_or_create(&label).inc();
+        self.pass_seconds
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
     }
 
-    pub fn bytes_downloaded(&self, bytes: u64) {
-        self.bytes_downloaded.fetch_add(bytes, Ordering::Relaxed);
+    /// A reconcile that failed talking to the apiserver: counted, not timed (no pass ran).
+    pub fn api_failed(&self, reason: &'static str) {
+        self.passes
+            .get_or_create(&ResultLabel { result: reason })
+            .inc();
     }
 
-    pub fn unpacked(&self, took: Duration) {
-        self.unpacks.fetch_add(1, Ordering::Relaxed);
-        *self
-            .unpack_seconds_total
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) += took.as_secs_f64();
+    pub fn installed(&self, report: &Report) {
+        self.installs.inc();
+        self.downloaded_bytes.inc_by(report.downloaded_bytes);
+        self.install_seconds.observe(report.took.as_secs_f64());
+    }
+
+    /// A renew annotation seen on `mpo` (by the watch, before any queueing). Only the first
+    /// sight counts until a pass handled it.
+    pub fn renew_seen(&self, mpo: &str) {
+        lock(&self.renews)
+            .entry(mpo.to_owned())
+            .or_insert_with(Instant::now);
+    }
+
+    /// The pass that handled the renew of `mpo` has written its result.
+    pub fn renew_handled(&self, mpo: &str) {
+        if let Some(seen) = lock(&self.renews).remove(mpo) {
+            self.renew_seconds.observe(seen.elapsed().as_secs_f64());
+        }
     }
 
     /// A successful registry check of an MPO, for `seconds since the last successful check`.
     pub fn resolved(&self, mpo: &str) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-        self.last_check
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(mpo.to_owned(), now);
+        lock(&self.last_checks.0).insert(mpo.to_owned(), unix_now());
     }
 
     /// Drops the per-MPO series of a deleted MPO.
     pub fn forget(&self, mpo: &str) {
-        self.last_check
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(mpo);
+        lock(&self.last_checks.0).remove(mpo);
+        lock(&self.renews).remove(mpo);
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -68,83 +199,110 @@ impl Metrics {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP mpo_reconciles_total Passes over ModulePullOverrides by result."
-        );
-        let _ = writeln!(out, "# TYPE mpo_reconciles_total counter");
-        let reconciles = self
-            .reconciles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for (result, (count, _)) in &reconciles {
-            let _ = writeln!(out, "mpo_reconciles_total{{result=\"{result}\"}} {count}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP mpo_reconcile_seconds_total Time spent in passes by result."
-        );
-        let _ = writeln!(out, "# TYPE mpo_reconcile_seconds_total counter");
-        for (result, (_, seconds)) in &reconciles {
-            let _ = writeln!(
-                out,
-                "mpo_reconcile_seconds_total{{result=\"{result}\"}} {seconds}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP mpo_registry_requests_total Registry requests by method and HTTP status (error: no response)."
-        );
-        let _ = writeln!(out, "# TYPE mpo_registry_requests_total counter");
-        for ((method, status), count) in crate::registry::request_counts() {
-            let _ = writeln!(
-                out,
-                "mpo_registry_requests_total{{method=\"{method}\",status=\"{status}\"}} {count}"
-            );
-        }
-        let _ = writeln!(out, "# TYPE mpo_downloaded_bytes_total counter");
-        let _ = writeln!(
-            out,
-            "mpo_downloaded_bytes_total {}",
-            self.bytes_downloaded.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(out, "# TYPE mpo_unpacks_total counter");
-        let _ = writeln!(
-            out,
-            "mpo_unpacks_total {}",
-            self.unpacks.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(out, "# TYPE mpo_unpack_seconds_total counter");
-        let unpack = *self
-            .unpack_seconds_total
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(out, "mpo_unpack_seconds_total {unpack}");
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-        let _ = writeln!(
-            out,
-            "# HELP mpo_seconds_since_last_check Seconds since the tag of an MPO was last resolved."
-        );
-        let _ = writeln!(out, "# TYPE mpo_seconds_since_last_check gauge");
-        for (mpo, at) in self
-            .last_check
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "mpo_seconds_since_last_check{{mpo=\"{mpo}\"}} {:.3}",
-                now - at
-            );
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!("cannot encode metrics: {e}");
         }
         out
+    }
+}
+
+impl RequestObserver for Metrics {
+    fn request(&self, method: &str, status: Option<u16>, took: Duration) {
+        let labels = RequestLabels {
+            method: method.to_owned(),
+            status: status.map_or_else(|| "error".to_owned(), |s| s.to_string()),
+        };
+        self.registry_requests.get_or_create(&labels).inc();
+        self.registry_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// MPO name → Unix time of its last successful registry check; exposed as an age at scrape time.
+#[derive(Debug, Default)]
+struct LastChecks(Mutex<BTreeMap<String, f64>>);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MpoLabel {
+    mpo: String,
+}
+
+impl Collector for LastChecks {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = unix_now();
+        let checks = lock(&self.0).clone();
+        let mut family = encoder.encode_descriptor(
+            "mpo_seconds_since_last_check",
+            "Seconds since the tag of an MPO was last resolved",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (mpo, at) in checks {
+            let age = ConstGauge::new(now - at);
+            age.encode(family.encode_family(&MpoLabel { mpo })?)?;
+        }
+        Ok(())
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_counters_histograms_and_forgets_deleted_mpos() {
+        let metrics = Metrics::new();
+        metrics.reconciled("Updated", Duration::from_millis(30));
+        metrics.request("HEAD", Some(200), Duration::from_millis(3));
+        metrics.request("GET", None, Duration::from_millis(3));
+        metrics.resolved("echo");
+        metrics.renew_seen("echo");
+        metrics.renew_handled("echo");
+        metrics.set_leader(true);
+        let text = metrics.render();
+        for line in [
+            r#"mpo_reconciles_total{result="Updated"} 1"#,
+            r#"mpo_pass_duration_seconds_count{result="Updated"} 1"#,
+            r#"mpo_registry_requests_total{method="HEAD",status="200"} 1"#,
+            r#"mpo_registry_requests_total{method="GET",status="error"} 1"#,
+            r#"mpo_registry_request_duration_seconds_bucket{le="0.005",method="HEAD",status="200"} 1"#,
+            "mpo_renew_to_applied_seconds_count 1",
+            "mpo_leader 1",
+            r#"mpo_seconds_since_last_check{mpo="echo"}"#,
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        metrics.forget("echo");
+        assert!(!metrics.render().contains(r#"mpo="echo""#));
+    }
+
+    #[test]
+    fn a_renew_counts_from_its_first_sight_once() {
+        let metrics = Metrics::new();
+        metrics.renew_handled("echo");
+        metrics.renew_seen("echo");
+        metrics.renew_seen("echo");
+        metrics.renew_handled("echo");
+        metrics.renew_handled("echo");
+        let text = metrics.render();
+        assert!(
+            text.contains("mpo_renew_to_applied_seconds_count 1\n"),
+            "{text}"
+        );
     }
 }

@@ -10,6 +10,9 @@ use tracing::{debug, info};
 
 use crate::metrics::Metrics;
 
+/// What prometheus-client's text encoder writes.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Binds `addr` and serves in the background; binding errors are returned at once.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
@@ -46,7 +49,14 @@ async fn respond<B>(
         "/metrics" => (StatusCode::OK, metrics.render()),
         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
     };
+    let is_metrics = req.uri().path() == "/metrics";
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
+    if is_metrics {
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(OPENMETRICS),
+        );
+    }
     Ok(response)
 }

@@ -4,7 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-const KUBE_FREE: &[&str] = &["src/registry", "src/storage", "src/digest.rs"];
+const KUBE_FREE: &[&str] = &[
+    "src/registry",
+    "src/storage",
+    "src/digest.rs",
+    "src/install.rs",
+];
 const FORBIDDEN: &[&str] = &[
     "kube::",
     "kube_runtime",

@@ -11,7 +11,6 @@ use tracing::{debug, info, warn};
 
 use super::{
     Context, ControllerError, PassError,
-    fetch::download_and_install,
     schedule::{self, Decision, PassResult},
     source::{check_module_listed, registry_for},
     status::{self, Outcome},
@@ -20,6 +19,7 @@ use super::{
 use crate::{
     Digest,
     crd::{ModulePullOverride, ModuleSource},
+    install::install,
     registry::ModuleRef,
 };
 
@@ -66,6 +66,9 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
         .clone()
         .or_else(|| mpo.metadata.resource_version.clone());
     clear_renew(&mpo, ctx, expected_version).await?;
+    if renew != Renew::None {
+        ctx.metrics.renew_handled(&name);
+    }
 
     let check = schedule::after_pass(
         Instant::now(),
@@ -166,10 +169,14 @@ async fn try_pass(
         previous = recorded.as_ref().map(ToString::to_string).unwrap_or_default(),
         "resolved a digest to download"
     );
-    let (_, module_info) = download_and_install(ctx, &registry, &image, &digest).await?;
+    let max_compressed = ctx.settings.limits.max_compressed_size;
+    let report = install(&registry, &ctx.store, &image, &digest, max_compressed)
+        .await
+        .map_err(|cause| PassError::install(&image, &digest, cause))?;
+    ctx.metrics.installed(&report);
     Ok(Outcome::InSync {
         digest,
-        weight: module_info.weight,
+        weight: report.info.weight,
         changed: true,
     })
 }

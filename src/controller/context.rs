@@ -81,7 +81,7 @@ impl Context {
         {
             return Ok(registry.clone());
         }
-        let registry = Registry::new(config)?;
+        let registry = Registry::observed(config, self.metrics.clone())?;
         cache.insert(source.to_owned(), (key, registry.clone()));
         Ok(registry)
     }

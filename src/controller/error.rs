@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use crate::{
     Digest,
+    install::InstallError,
     registry::{ModuleRef, RegistryError},
     storage::{FailureClass, StorageError},
 };
@@ -21,28 +22,34 @@ pub enum PassError {
     #[error("ModuleSource {source_name:?}: {cause}")]
     SourceConfig {
         source_name: String,
+        #[source]
         cause: RegistryError,
     },
     #[error("cannot resolve {reference}: {cause}")]
     Resolve {
         reference: String,
+        #[source]
         cause: RegistryError,
     },
     #[error("cannot download {reference}: {cause}")]
     Download {
         reference: String,
-        cause: String,
-        transient: bool,
-        retry_after: Option<Duration>,
+        #[source]
+        cause: Box<InstallError>,
     },
     #[error("invalid module {module}@{digest}: {cause}")]
     InvalidModule {
         module: String,
         digest: Digest,
-        cause: String,
+        #[source]
+        cause: Box<InstallError>,
     },
     #[error("cannot store module {module}: {cause}")]
-    Store { module: String, cause: String },
+    Store {
+        module: String,
+        #[source]
+        cause: Box<InstallError>,
+    },
 }
 
 impl PassError {
@@ -64,7 +71,7 @@ impl PassError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Resolve { cause, .. } => cause.is_transient(),
-            Self::Download { transient, .. } => *transient,
+            Self::Download { cause, .. } => cause.is_transient(),
             Self::Store { .. } => true,
             _ => false,
         }
@@ -74,44 +81,29 @@ impl PassError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Resolve { cause, .. } => cause.retry_after(),
-            Self::Download { retry_after, .. } => *retry_after,
+            Self::Download { cause, .. } => cause.retry_after(),
             _ => None,
         }
     }
 
-    pub fn download(image: &ModuleRef, digest: &Digest, cause: RegistryError) -> Self {
-        let transient = cause.is_transient();
-        Self::Download {
-            reference: image.at_digest(digest),
-            retry_after: cause.retry_after(),
-            cause: cause.to_string(),
-            transient,
-        }
-    }
-
-    pub fn from_storage(image: &ModuleRef, digest: &Digest, err: StorageError) -> Self {
-        match err.class() {
-            FailureClass::Download => {
-                // A body that broke or stalled mid-layer is a network problem: retry with backoff.
-                let cause_in_registry = match &err {
-                    StorageError::Read { source, .. } => RegistryError::in_io_error(source),
-                    _ => None,
-                };
-                Self::Download {
-                    reference: image.at_digest(digest),
-                    transient: cause_in_registry.is_some_and(RegistryError::is_transient),
-                    retry_after: cause_in_registry.and_then(RegistryError::retry_after),
-                    cause: err.to_string(),
-                }
-            }
+    /// The status message an install failure belongs to (SPEC §5) follows its class.
+    pub fn install(image: &ModuleRef, digest: &Digest, cause: InstallError) -> Self {
+        let class = cause.class();
+        // Boxed: an install error is large, and every pass result carries a PassError.
+        let cause = Box::new(cause);
+        match class {
+            FailureClass::Download => Self::Download {
+                reference: image.at_digest(digest),
+                cause,
+            },
             FailureClass::InvalidModule => Self::InvalidModule {
                 module: image.module().to_owned(),
                 digest: digest.clone(),
-                cause: err.to_string(),
+                cause,
             },
             FailureClass::Store => Self::Store {
                 module: image.module().to_owned(),
-                cause: err.to_string(),
+                cause,
             },
         }
     }

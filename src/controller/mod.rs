@@ -5,7 +5,6 @@ mod apply;
 mod cleanup;
 mod context;
 mod error;
-mod fetch;
 pub mod flags;
 mod leader;
 mod reconcile;
@@ -84,6 +83,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     } else {
         None
     };
+    metrics.set_leader(true);
     let stop = shutdown.child_token();
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lease_watch = leadership
@@ -112,9 +112,18 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     // Nothing reads managedFields of an MPO; a thousand of them are a megabyte of cache.
     .modify(|mpo| mpo.managed_fields_mut().clear())
     .reflect(mpo_writer)
-    .inspect_ok(move |event| {
-        if matches!(event, watcher::Event::InitDone) {
-            mpos_synced.send_replace(true);
+    .inspect_ok({
+        let metrics = ctx.metrics.clone();
+        move |event| match event {
+            watcher::Event::InitDone => {
+                mpos_synced.send_replace(true);
+            }
+            watcher::Event::Apply(mpo) | watcher::Event::InitApply(mpo)
+                if triggers::renew_requested(mpo) != triggers::Renew::None =>
+            {
+                metrics.renew_seen(&mpo.name_any());
+            }
+            _ => {}
         }
     })
     .applied_objects();
@@ -160,6 +169,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     watch.abort();
     let _ = writer.await;
     ctx.metrics.set_ready(false);
+    ctx.metrics.set_leader(false);
     info!("controllers stopped; in-flight passes finished");
     if let Some(lease_watch) = lease_watch {
         lease_watch.abort();

@@ -48,7 +48,7 @@ pub fn error_policy(
     let name = mpo.name_any();
     let wait = schedule::api_backoff(ctx.api_failed(&name), &name);
     warn!(mpo = %name, reason = err.reason(), ?wait, "reconcile failed: {err}");
-    ctx.metrics.reconciled(err.reason(), Duration::ZERO);
+    ctx.metrics.api_failed(err.reason());
     Action::requeue(wait)
 }
 

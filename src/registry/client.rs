@@ -12,10 +12,10 @@ use tokio_util::io::StreamReader;
 
 use super::RegistryCredentials;
 use super::{
-    ModuleRef, RegistryError, RepoName,
+    ModuleRef, RegistryError, RepoName, RequestObserver,
     http::{Http, SharedHttp, content_digest, read_body},
     limits,
-    verify::Verified,
+    verify::{BodyFailure, Verified},
 };
 use crate::Digest;
 
@@ -84,6 +84,21 @@ const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
 impl Registry {
     pub fn new(config: &RegistryConfig) -> Result<Self, RegistryError> {
+        Self::build(config, None)
+    }
+
+    /// Like [`Registry::new`], reporting every request of the MPO path to `observer`.
+    pub fn observed(
+        config: &RegistryConfig,
+        observer: Arc<dyn RequestObserver>,
+    ) -> Result<Self, RegistryError> {
+        Self::build(config, Some(observer))
+    }
+
+    fn build(
+        config: &RegistryConfig,
+        observer: Option<Arc<dyn RequestObserver>>,
+    ) -> Result<Self, RegistryError> {
         let certificates = parse_ca(config.ca_pem.as_deref())?;
         let http = Http {
             client: reqwest_client(config, &certificates)?,
@@ -96,6 +111,7 @@ impl Registry {
             // A whole request may take a few read timeouts; none may hang a worker forever.
             request_timeout: config.connect_timeout + config.read_timeout * 2,
             authorization: std::sync::Mutex::new(HashMap::new()),
+            observer,
         };
         Ok(Self {
             http: Arc::new(http),
@@ -167,20 +183,22 @@ impl Registry {
         &self,
         image: &ModuleRef,
         layer: &Layer,
-    ) -> Result<impl AsyncRead + Send + Unpin + 'static, RegistryError> {
+    ) -> Result<(impl AsyncRead + Send + Unpin + 'static, BodyFailure), RegistryError> {
         let url = self.http.url(image, "blobs", &layer.digest.to_string());
         let exchange = self.http.exchange(Method::GET, image, &url, "*/*").await?;
         if !exchange.response.status().is_success() {
             return Err(self.http.status_error(exchange.response).await);
         }
+        let failure = BodyFailure::default();
         let body = Verified::new(
             exchange.response.bytes_stream(),
             layer.digest.clone(),
             layer.size,
             self.read_timeout,
             exchange.permit,
+            failure.clone(),
         );
-        Ok(StreamReader::new(body))
+        Ok((StreamReader::new(body), failure))
     }
 
     /// The tags of the root repository: the module names of the source.
@@ -281,7 +299,7 @@ fn reqwest_client(
         .iter()
         .map(reqwest::Certificate::try_from)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| RegistryError::BadCa("the certificate cannot be parsed".into()))?;
+        .map_err(|_| RegistryError::BadCa("the certificate cannot be parsed"))?;
     reqwest::Client::builder()
         .tls_certs_merge(roots)
         .connect_timeout(config.connect_timeout)
@@ -290,9 +308,9 @@ fn reqwest_client(
         .build()
         .map_err(|_| {
             if config.ca_pem.is_some() {
-                RegistryError::BadCa("the certificate cannot be used as a trust root".into())
+                RegistryError::BadCa("the certificate cannot be used as a trust root")
             } else {
-                RegistryError::Client("cannot build the HTTP client".into())
+                RegistryError::Client("cannot build the HTTP client")
             }
         })
 }
@@ -316,9 +334,9 @@ fn oci_client(
     };
     Client::try_from(client_config).map_err(|e| match e {
         oci_client::errors::OciDistributionError::RequestError(_) if config.ca_pem.is_some() => {
-            RegistryError::BadCa("the certificate cannot be used as a trust root".into())
+            RegistryError::BadCa("the certificate cannot be used as a trust root")
         }
-        other => RegistryError::Client(other.to_string()),
+        other => RegistryError::Oci(other),
     })
 }
 
@@ -389,7 +407,7 @@ fn parse_ca(pem: Option<&str>) -> Result<Vec<Certificate>, RegistryError> {
         let after = &rest[start..];
         let end = after
             .find(END)
-            .ok_or_else(|| RegistryError::BadCa("a certificate has no END line".into()))?;
+            .ok_or_else(|| RegistryError::BadCa("a certificate has no END line"))?;
         let block = &after[..end + END.len()];
         validate_pem_body(&block[BEGIN.len()..end])?;
         certs.push(Certificate {
@@ -400,7 +418,7 @@ fn parse_ca(pem: Option<&str>) -> Result<Vec<Certificate>, RegistryError> {
     }
     if certs.is_empty() {
         return Err(RegistryError::BadCa(
-            "no PEM certificate (-----BEGIN CERTIFICATE-----) found".into(),
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) found",
         ));
     }
     Ok(certs)
@@ -412,7 +430,7 @@ fn validate_pem_body(body: &str) -> Result<(), RegistryError> {
     base64::engine::general_purpose::STANDARD
         .decode(compact)
         .map(|_| ())
-        .map_err(|_| RegistryError::BadCa("a certificate is not valid base64".into()))
+        .map_err(|_| RegistryError::BadCa("a certificate is not valid base64"))
 }
 
 #[cfg(test)]

@@ -1,4 +1,7 @@
-use std::time::{Duration, SystemTime};
+use std::{
+    fmt,
+    time::{Duration, SystemTime},
+};
 
 use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
 use reqwest::{StatusCode, header::HeaderMap};
@@ -8,6 +11,8 @@ use reqwest::{StatusCode, header::HeaderMap};
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// What went wrong talking to a registry. Messages are one line, name no URL, credential or token.
+/// Whether a failure is transient, and the registry's `Retry-After`, are data of the variant,
+/// never re-derived from the message.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("invalid repo {repo:?}: {reason}")]
@@ -15,23 +20,42 @@ pub enum RegistryError {
     #[error("{0}")]
     BadReference(String),
     #[error("invalid ca: {0}")]
-    BadCa(String),
+    BadCa(&'static str),
     #[error("cannot set up the registry client: {0}")]
-    Client(String),
-    /// The registry answered with an error or could not be reached. `retry_after` is the
-    /// registry's own `Retry-After` (429, 503), when it sent one.
-    #[error("{message}")]
-    Request {
-        message: String,
-        transient: bool,
+    Client(&'static str),
+    /// The registry answered with an error status. `code` is the first error code of the
+    /// distribution error body, if it sent one; `retry_after` its own `Retry-After` (429, 503).
+    #[error("{}", status_message(*.status, .code.as_ref()))]
+    Status {
+        status: u16,
+        code: Option<RegistryCode>,
         retry_after: Option<Duration>,
     },
+    /// The request could not be sent or its response not read.
+    #[error("{kind}: {}", root_cause(.source))]
+    Transport {
+        kind: TransportKind,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A failure inside oci-client (auth challenge, token request, tag listing). Its own
+    /// messages carry URLs and raw bodies, so the message is rebuilt from the variant.
+    #[error("{}", describe(.0).0)]
+    Oci(#[source] OciDistributionError),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// A blob body stopped flowing for the read timeout.
+    #[error("timed out: no data from the registry for {}", humantime::format_duration(*.0))]
+    Stalled(Duration),
+    #[error("blob size mismatch: the manifest says {expected} bytes, the registry sent {} {seen}", if .seen > .expected { "more than" } else { "only" })]
+    BlobSize { expected: u64, seen: u64 },
+    #[error("digest mismatch: the manifest says {expected}, the bytes are sha256:{actual}")]
+    BlobDigest {
+        expected: crate::Digest,
+        actual: String,
+    },
     #[error("unsupported layer media type {0:?}")]
     UnsupportedMediaType(String),
-    #[error("image is {size} bytes compressed, over the limit of {limit} bytes")]
-    TooLarge { size: u64, limit: u64 },
     #[error("image index has no linux/amd64 manifest")]
     NoPlatform,
     #[error("image has no layers")]
@@ -40,12 +64,55 @@ pub enum RegistryError {
     BadManifest(String),
 }
 
+/// The distribution spec's error codes that change what we tell the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistryCode {
+    ManifestUnknown,
+    NameUnknown,
+    Unauthorized,
+    Denied,
+    TooManyRequests,
+    BlobUnknown,
+    ManifestInvalid,
+    NameInvalid,
+    TagInvalid,
+    Other,
+    /// The registry's own detail beside the code, one line, shortened.
+    WithDetail(Box<RegistryCode>, String),
+}
+
+/// Why a request got no usable response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    TimedOut,
+    Connect,
+    BrokenBody,
+    Other,
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::TimedOut => "timed out",
+            Self::Connect => "cannot connect to the registry",
+            Self::BrokenBody => "the connection broke while reading the response",
+            Self::Other => "request failed",
+        })
+    }
+}
+
 impl RegistryError {
     /// Network trouble, 5xx and 429 may go away by themselves; everything else needs a change.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Request { transient, .. } => *transient,
-            Self::Timeout(_) => true,
+            Self::Status { status, code, .. } => {
+                status_is_transient(*status)
+                    || code
+                        .as_ref()
+                        .is_some_and(|c| *c.base() == RegistryCode::TooManyRequests)
+            }
+            Self::Transport { .. } | Self::Timeout(_) | Self::Stalled(_) => true,
+            Self::Oci(err) => describe(err).1,
             _ => false,
         }
     }
@@ -53,57 +120,111 @@ impl RegistryError {
     /// How long the registry asked us to stay away (`Retry-After`), capped at [`MAX_RETRY_AFTER`].
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Request { retry_after, .. } => *retry_after,
+            Self::Status { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
 
-    /// The registry error behind a layer reader's I/O error, if the reader produced it (the
-    /// unpacker only sees `std::io::Error`): tells a broken connection (transient) from bad bytes.
-    pub fn in_io_error(err: &std::io::Error) -> Option<&RegistryError> {
-        err.get_ref()?.downcast_ref::<RegistryError>()
-    }
-
     /// An error status from the registry. `body` is the (bounded) response body, empty for HEAD.
     pub(super) fn from_status(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Self {
-        let (message, status_transient) = describe_status(status.as_u16());
-        let (message, transient) = match serde_json::from_slice::<OciEnvelope>(body) {
-            Ok(envelope) if status.is_client_error() && !envelope.errors.is_empty() => {
-                let (message, transient) = describe_envelope(&envelope);
-                (message, transient || status_transient)
-            }
-            _ => (message, status_transient),
+        let code = match serde_json::from_slice::<OciEnvelope>(body) {
+            Ok(envelope) if status.is_client_error() => envelope.errors.first().map(code_of),
+            _ => None,
         };
         let retry_after = headers
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        Self::Request {
-            message,
-            transient,
+        Self::Status {
+            status: status.as_u16(),
+            code,
             retry_after,
         }
     }
 
     /// The request could not be sent or its response not read: always worth retrying.
-    pub(super) fn transport(err: &reqwest::Error) -> Self {
-        let (message, transient) = describe_transport(err);
-        Self::Request {
-            message,
-            transient,
-            retry_after: None,
+    pub(super) fn transport(source: reqwest::Error) -> Self {
+        if let Some(status) = source.status() {
+            return Self::Status {
+                status: status.as_u16(),
+                code: None,
+                retry_after: None,
+            };
+        }
+        let kind = transport_kind(&source);
+        Self::Transport { kind, source }
+    }
+}
+
+impl RegistryCode {
+    fn base(&self) -> &RegistryCode {
+        match self {
+            Self::WithDetail(code, _) => code.base(),
+            other => other,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::ManifestUnknown => "manifest unknown",
+            Self::NameUnknown => "name unknown",
+            Self::Unauthorized => "unauthorized",
+            Self::Denied => "denied",
+            Self::TooManyRequests => "too many requests",
+            Self::BlobUnknown => "blob unknown",
+            Self::ManifestInvalid => "manifest invalid",
+            Self::NameInvalid => "name invalid",
+            Self::TagInvalid => "tag invalid",
+            Self::Other => "registry error",
+            Self::WithDetail(code, _) => code.name(),
+        }
+    }
+}
+
+impl fmt::Display for RegistryCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::WithDetail(code, detail) => write!(f, "{}: {detail}", code.name()),
+            other => f.write_str(other.name()),
         }
     }
 }
 
 impl From<OciDistributionError> for RegistryError {
     fn from(err: OciDistributionError) -> Self {
-        let (message, transient) = describe(&err);
-        Self::Request {
-            message,
-            transient,
-            retry_after: None,
-        }
+        Self::Oci(err)
+    }
+}
+
+fn code_of(error: &oci_client::errors::OciError) -> RegistryCode {
+    let code = match error.code {
+        OciErrorCode::ManifestUnknown => RegistryCode::ManifestUnknown,
+        OciErrorCode::NameUnknown => RegistryCode::NameUnknown,
+        OciErrorCode::Unauthorized => RegistryCode::Unauthorized,
+        OciErrorCode::Denied => RegistryCode::Denied,
+        OciErrorCode::Toomanyrequests => RegistryCode::TooManyRequests,
+        OciErrorCode::BlobUnknown => RegistryCode::BlobUnknown,
+        OciErrorCode::ManifestInvalid => RegistryCode::ManifestInvalid,
+        OciErrorCode::NameInvalid => RegistryCode::NameInvalid,
+        OciErrorCode::TagInvalid => RegistryCode::TagInvalid,
+        _ => RegistryCode::Other,
+    };
+    let detail = error.message.trim();
+    if detail.is_empty() || detail.eq_ignore_ascii_case(code.name()) {
+        code
+    } else {
+        RegistryCode::WithDetail(Box::new(code), one_line(detail))
+    }
+}
+
+fn status_is_transient(status: u16) -> bool {
+    matches!(status, 408 | 429) || status >= 500
+}
+
+fn status_message(status: u16, code: Option<&RegistryCode>) -> String {
+    match code {
+        Some(code) => code.to_string(),
+        None => describe_status(status).0,
     }
 }
 
@@ -128,10 +249,16 @@ fn describe(err: &OciDistributionError) -> (String, bool) {
         E::AuthenticationFailure(_) => {
             ("unauthorized: the token request was refused".into(), false)
         }
-        E::RegistryError { envelope, .. } => describe_envelope(envelope),
+        E::RegistryError { envelope, .. } => match envelope.errors.first().map(code_of) {
+            Some(code) => {
+                let transient = *code.base() == RegistryCode::TooManyRequests;
+                (code.to_string(), transient)
+            }
+            None => ("registry returned an empty error".into(), false),
+        },
         E::ServerError { code, .. } => describe_status(*code),
         E::ImageManifestNotFoundError(_) => ("manifest unknown".into(), false),
-        E::RequestError(e) => describe_transport(e),
+        E::RequestError(e) => (format!("{}: {}", transport_kind(e), root_cause(e)), true),
         E::DigestError(e) => (format!("digest mismatch: {e}"), false),
         E::IncompatibleLayerMediaTypeError(t) | E::UnsupportedMediaTypeError(t) => {
             (format!("unsupported media type {t:?}"), false)
@@ -154,31 +281,6 @@ fn describe(err: &OciDistributionError) -> (String, bool) {
     }
 }
 
-fn describe_envelope(envelope: &OciEnvelope) -> (String, bool) {
-    let Some(first) = envelope.errors.first() else {
-        return ("registry returned an empty error".into(), false);
-    };
-    let code = match first.code {
-        OciErrorCode::ManifestUnknown => "manifest unknown",
-        OciErrorCode::NameUnknown => "name unknown",
-        OciErrorCode::Unauthorized => "unauthorized",
-        OciErrorCode::Denied => "denied",
-        OciErrorCode::Toomanyrequests => "too many requests",
-        OciErrorCode::BlobUnknown => "blob unknown",
-        OciErrorCode::ManifestInvalid => "manifest invalid",
-        OciErrorCode::NameInvalid => "name invalid",
-        OciErrorCode::TagInvalid => "tag invalid",
-        _ => "registry error",
-    };
-    let transient = matches!(first.code, OciErrorCode::Toomanyrequests);
-    let detail = first.message.trim();
-    if detail.is_empty() || detail.eq_ignore_ascii_case(code) {
-        (code.to_owned(), transient)
-    } else {
-        (format!("{code}: {}", one_line(detail)), transient)
-    }
-}
-
 fn describe_status(code: u16) -> (String, bool) {
     match code {
         401 => ("unauthorized: authentication required".into(), false),
@@ -191,21 +293,16 @@ fn describe_status(code: u16) -> (String, bool) {
     }
 }
 
-fn describe_transport(err: &reqwest::Error) -> (String, bool) {
-    if let Some(status) = err.status() {
-        return describe_status(status.as_u16());
-    }
-    let what = if err.is_timeout() {
-        "timed out"
+fn transport_kind(err: &reqwest::Error) -> TransportKind {
+    if err.is_timeout() {
+        TransportKind::TimedOut
     } else if err.is_connect() {
-        "cannot connect to the registry"
+        TransportKind::Connect
     } else if err.is_body() || err.is_decode() {
-        "the connection broke while reading the response"
+        TransportKind::BrokenBody
     } else {
-        "request failed"
-    };
-    // The innermost cause says why (refused, reset, certificate unknown) without the URL.
-    (format!("{what}: {}", root_cause(err)), true)
+        TransportKind::Other
+    }
 }
 
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
@@ -276,17 +373,5 @@ mod tests {
         assert!(limited.is_transient());
         assert_eq!(limited.to_string(), "too many requests: slow down");
         assert_eq!(limited.retry_after(), Some(Duration::from_secs(7)));
-    }
-
-    #[test]
-    fn a_reader_error_carries_its_registry_cause() {
-        let cause = RegistryError::Request {
-            message: "reset".into(),
-            transient: true,
-            retry_after: None,
-        };
-        let io = std::io::Error::other(cause);
-        assert!(RegistryError::in_io_error(&io).is_some_and(RegistryError::is_transient));
-        assert!(RegistryError::in_io_error(&std::io::Error::other("x")).is_none());
     }
 }

@@ -18,7 +18,7 @@ use reqwest::{
 };
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{ModuleRef, RegistryError, limits};
+use super::{ModuleRef, RegistryError, RequestObserver, limits};
 
 /// Error bodies are read only this far: they are for the message, not for storing.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -31,6 +31,7 @@ pub(super) struct Http {
     pub(super) request_timeout: Duration,
     /// repository → the `Authorization` the registry last accepted (or asked for).
     pub(super) authorization: Mutex<HashMap<String, HeaderValue>>,
+    pub(super) observer: Option<Arc<dyn RequestObserver>>,
 }
 
 /// A response (any status) and the host slot it holds until dropped.
@@ -127,9 +128,13 @@ impl Http {
         if let Some(value) = authorization {
             request = request.header(AUTHORIZATION, value.clone());
         }
+        let started = std::time::Instant::now();
         let result = request.send().await;
-        super::stats::record(&label, result.as_ref().ok().map(|r| r.status().as_u16()));
-        result.map_err(|e| RegistryError::transport(&e))
+        if let Some(observer) = &self.observer {
+            let status = result.as_ref().ok().map(|r| r.status().as_u16());
+            observer.request(&label, status, started.elapsed());
+        }
+        result.map_err(RegistryError::transport)
     }
 
     /// What to send after a 401: `None` when we have nothing better than what was refused.
@@ -150,7 +155,7 @@ impl Http {
             (None, _) => return Ok(None),
         };
         let mut header = HeaderValue::from_str(&value).map_err(|_| {
-            RegistryError::Client("the registry's token is not a valid header value".into())
+            RegistryError::Client("the registry's token is not a valid header value")
         })?;
         // Keeps it out of any Debug output of requests and headers.
         header.set_sensitive(true);
@@ -179,11 +184,7 @@ pub(super) async fn read_body(
     limit: usize,
 ) -> Result<(Vec<u8>, bool), RegistryError> {
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| RegistryError::transport(&e))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(RegistryError::transport)? {
         if body.len() + chunk.len() > limit {
             let room = limit - body.len();
             body.extend_from_slice(&chunk[..room]);

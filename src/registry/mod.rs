@@ -12,13 +12,14 @@ mod credentials;
 mod error;
 mod http;
 mod limits;
+mod observe;
 mod reference;
-mod stats;
 mod verify;
 
 pub use client::{ImageManifest, Layer, LayerMediaType, Registry, RegistryConfig, Transport};
 pub use credentials::RegistryCredentials;
-pub use error::{MAX_RETRY_AFTER, RegistryError};
+pub use error::{MAX_RETRY_AFTER, RegistryCode, RegistryError, TransportKind};
 pub use limits::{DEFAULT_MAX_REQUESTS_PER_HOST, max_requests_per_host, set_max_requests_per_host};
+pub use observe::RequestObserver;
 pub use reference::{ModuleRef, RepoName};
-pub use stats::request_counts;
+pub use verify::BodyFailure;

@@ -1,9 +1,14 @@
 //! The body of a layer as a stream that fails unless its bytes match the manifest's size and
 //! digest, and that holds the registry host's request slot until the body is done.
+//!
+//! The unpacker reads it as `std::io::Read` and so only sees `io::Error`s; the typed reason a body
+//! failed is left in a [`BodyFailure`] beside it, for the installer to report (a broken connection
+//! is transient, bad bytes are not).
 
 use std::{
     io,
     pin::Pin,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
@@ -16,6 +21,24 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::RegistryError;
 use crate::Digest;
 
+/// The typed reason a layer body failed, if it did. Cheap to clone: the reader keeps one copy.
+#[derive(Clone, Debug, Default)]
+pub struct BodyFailure(Arc<Mutex<Option<RegistryError>>>);
+
+impl BodyFailure {
+    /// The failure of the body, once its reader has returned an error.
+    pub fn take(&self) -> Option<RegistryError> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Keeps `err` and returns what the reader hands on: an `io::Error` with the same message.
+    fn record(&self, kind: io::ErrorKind, err: RegistryError) -> io::Error {
+        let reader_error = io::Error::new(kind, err.to_string());
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+        reader_error
+    }
+}
+
 pub(super) struct Verified<S> {
     inner: S,
     expected_digest: Digest,
@@ -26,6 +49,7 @@ pub(super) struct Verified<S> {
     read_timeout: Duration,
     /// Released as soon as the body ends or fails, even if the reader is kept around.
     permit: Option<OwnedSemaphorePermit>,
+    failure: BodyFailure,
     done: bool,
 }
 
@@ -36,6 +60,7 @@ impl<S> Verified<S> {
         expected_size: u64,
         read_timeout: Duration,
         permit: Option<OwnedSemaphorePermit>,
+        failure: BodyFailure,
     ) -> Self {
         Self {
             inner,
@@ -45,6 +70,7 @@ impl<S> Verified<S> {
             hasher: Sha256::new(),
             read_timeout,
             permit,
+            failure,
             done: false,
         }
     }
@@ -55,11 +81,23 @@ impl<S> Verified<S> {
         Poll::Ready(outcome)
     }
 
+    fn fail(&mut self, kind: io::ErrorKind, err: RegistryError) -> Poll<Option<io::Result<Bytes>>> {
+        let err = self.failure.record(kind, err);
+        self.finish(Some(Err(err)))
+    }
+
+    fn size_mismatch(&mut self) -> Poll<Option<io::Result<Bytes>>> {
+        let err = RegistryError::BlobSize {
+            expected: self.expected_size,
+            seen: self.seen,
+        };
+        self.fail(io::ErrorKind::InvalidData, err)
+    }
+
     fn on_chunk(&mut self, chunk: Bytes) -> Poll<Option<io::Result<Bytes>>> {
         self.seen += chunk.len() as u64;
         if self.seen > self.expected_size {
-            let err = size_error(self.expected_size, self.seen, "more than");
-            return self.finish(Some(Err(err)));
+            return self.size_mismatch();
         }
         self.hasher.update(&chunk);
         Poll::Ready(Some(Ok(chunk)))
@@ -67,19 +105,15 @@ impl<S> Verified<S> {
 
     fn on_end(&mut self) -> Poll<Option<io::Result<Bytes>>> {
         if self.seen < self.expected_size {
-            let err = size_error(self.expected_size, self.seen, "only");
-            return self.finish(Some(Err(err)));
+            return self.size_mismatch();
         }
         let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
         if actual != self.expected_digest.hex() {
-            let err = io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "digest mismatch: the manifest says {}, the bytes are sha256:{actual}",
-                    self.expected_digest
-                ),
-            );
-            return self.finish(Some(Err(err)));
+            let err = RegistryError::BlobDigest {
+                expected: self.expected_digest.clone(),
+                actual,
+            };
+            return self.fail(io::ErrorKind::InvalidData, err);
         }
         self.finish(None)
     }
@@ -99,8 +133,8 @@ where
         match this.inner.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(chunk))) => this.on_chunk(chunk),
             Poll::Ready(Some(Err(err))) => {
-                let err = broken_body(&err, this.read_timeout);
-                this.finish(Some(Err(err)))
+                let (kind, err) = broken_body(err, this.read_timeout);
+                this.fail(kind, err)
             }
             Poll::Ready(None) => this.on_end(),
             Poll::Pending => Poll::Pending,
@@ -108,30 +142,15 @@ where
     }
 }
 
-/// The connection failed mid-body. The `RegistryError` inside says so (and that it is transient)
-/// to whoever looks behind the unpacker's `io::Error` (see [`RegistryError::in_io_error`]).
-fn broken_body(err: &reqwest::Error, read_timeout: Duration) -> io::Error {
+/// The connection failed mid-body: transient, and for a stall the message names the setting.
+fn broken_body(err: reqwest::Error, read_timeout: Duration) -> (io::ErrorKind, RegistryError) {
     if err.is_timeout() {
-        let cause = RegistryError::Request {
-            message: format!(
-                "timed out: no data from the registry for {}",
-                humantime::format_duration(read_timeout)
-            ),
-            transient: true,
-            retry_after: None,
-        };
-        return io::Error::new(io::ErrorKind::TimedOut, cause);
+        return (
+            io::ErrorKind::TimedOut,
+            RegistryError::Stalled(read_timeout),
+        );
     }
-    io::Error::other(RegistryError::transport(err))
-}
-
-fn size_error(expected: u64, seen: u64, how: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!(
-            "blob size mismatch: the manifest says {expected} bytes, the registry sent {how} {seen}"
-        ),
-    )
+    (io::ErrorKind::Other, RegistryError::transport(err))
 }
 
 #[cfg(test)]
@@ -152,6 +171,7 @@ mod tests {
             size,
             Duration::from_secs(1),
             None,
+            BodyFailure::default(),
         )
     }
 
@@ -176,6 +196,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_typed_failure_is_left_beside_the_reader() {
+        let failure = BodyFailure::default();
+        let chunks: Vec<reqwest::Result<Bytes>> = vec![Ok(Bytes::from_static(b"ab"))];
+        let body = Verified::new(
+            futures::stream::iter(chunks),
+            Digest::of(b"abc"),
+            3,
+            Duration::from_secs(1),
+            None,
+            failure.clone(),
+        );
+        let err = body.try_collect::<Vec<_>>().await.expect_err("short");
+        let typed = failure.take().expect("recorded");
+        assert!(matches!(
+            typed,
+            RegistryError::BlobSize {
+                expected: 3,
+                seen: 2
+            }
+        ));
+        assert!(!typed.is_transient());
+        assert_eq!(err.to_string(), typed.to_string());
+        assert!(failure.take().is_none(), "taken once");
+    }
+
+    #[tokio::test]
     async fn the_host_slot_is_released_at_the_end_of_the_body() {
         let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
         let permit = semaphore.clone().try_acquire_owned().expect("permit");
@@ -186,6 +232,7 @@ mod tests {
             3,
             Duration::from_secs(1),
             Some(permit),
+            BodyFailure::default(),
         );
         assert_eq!(semaphore.available_permits(), 0);
         while body.try_next().await.expect("body").is_some() {}
