@@ -30,7 +30,7 @@ const DEFAULT_FILE_MODE: u32 = 0o644;
 
 impl Staging {
     /// Makes the staged tree the active version of the module:
-    /// 1. apply the recorded modes and fsync every file and directory;
+    /// 1. apply the recorded modes, then make the whole tree durable with one `syncfs`;
     /// 2. rename the tree to `versions/<hex>` (moving an existing copy of that digest aside);
     /// 3. point `modules/<weight>-<module>` at `../<module>/dev`;
     /// 4. swap `dev` to `versions/<hex>` (the commit point);
@@ -82,6 +82,14 @@ impl Staging {
 
     /// Final modes and durability. Children before parents, so that a directory made read-only
     /// is no longer needed for writing.
+    ///
+    /// Durability is one `syncfs(2)` of the staging directory's filesystem instead of an fsync
+    /// per file and directory (on a module of 2 000 small files the fsyncs were a third of the
+    /// install time). Crash consistency holds the same way: `syncfs` returns once every dirty
+    /// page and inode of the filesystem, so every file and directory entry of the staged tree,
+    /// is on disk, and reports a writeback error that happened since the staging directory was
+    /// opened; only then is the tree renamed into `versions/` and `dev` swapped, each rename
+    /// followed by an fsync of its directory. A crash before the swap leaves the old `dev`.
     fn seal(&self) -> Result<(), StorageError> {
         let entries = tree::walk(&self.path)?;
         self.check_symlinks(&entries)?;
@@ -98,9 +106,11 @@ impl Staging {
             } else {
                 DEFAULT_FILE_MODE
             };
-            seal_one(&full, self.modes.get(rel).copied().unwrap_or(default))?;
+            set_mode(&full, self.modes.get(rel).copied().unwrap_or(default))?;
         }
-        seal_one(&self.path, DEFAULT_DIR_MODE)
+        set_mode(&self.path, DEFAULT_DIR_MODE)?;
+        rustix::fs::syncfs(&self.filesystem)
+            .map_err(|errno| StorageError::write(&self.path)(errno.into()))
     }
 
     fn move_into_versions(&mut self, version: &Path) -> Result<(), StorageError> {
@@ -314,12 +324,10 @@ fn replace_symlink(target: &str, temporary: &Path, path: &Path) -> Result<(), St
     })
 }
 
-fn seal_one(path: &Path, mode: u32) -> Result<(), StorageError> {
-    // Directories open read-only too, and fsync on that descriptor flushes their entries.
-    let file = fs::File::open(path).map_err(StorageError::write(path))?;
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(StorageError::write(path))?;
-    file.sync_all().map_err(StorageError::write(path))
+/// `chmod` of an entry of our own staged tree; symlinks are skipped by the caller and no parent
+/// is a symlink (the unpacker refuses writing through one), so the path names what we wrote.
+fn set_mode(path: &Path, mode: u32) -> Result<(), StorageError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(StorageError::write(path))
 }
 
 fn first_sight_of_inode(path: &Path, seen: &mut HashSet<(u64, u64)>) -> Result<bool, StorageError> {

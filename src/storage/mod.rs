@@ -144,6 +144,10 @@ impl ModuleStore {
             random_suffix()
         ));
         std::fs::create_dir(&path).map_err(StorageError::write(&path))?;
+        // Opened before anything is written: `syncfs` on it at commit then reports any
+        // writeback error of the filesystem since this moment (Linux ≥ 5.8), which is what the
+        // per-file fsyncs it replaces would have reported.
+        let filesystem = std::fs::File::open(&path).map_err(StorageError::write(&path))?;
         tracing::debug!(module, %digest, path = %path.display(), "staging created");
         Ok(Staging {
             store: self.clone(),
@@ -155,6 +159,7 @@ impl ModuleStore {
             files: 0,
             file_bytes: 0,
             modes: BTreeMap::new(),
+            filesystem,
             committed: false,
         })
     }
@@ -183,6 +188,8 @@ pub struct Staging {
     /// Final permission bits by relative path. They are applied at commit: applied earlier, a
     /// read-only directory from one layer would stop the next layer from writing into it.
     modes: BTreeMap<PathBuf, u32>,
+    /// The staging directory, open since it was created: the handle for the one `syncfs`.
+    filesystem: std::fs::File,
     committed: bool,
 }
 
