@@ -72,9 +72,6 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
             max_entries: settings.limits.max_entries,
         },
     );
-    let swept = store.sweep()?;
-    info!(dir = %settings.download_dir.display(), staging_removed = swept, "download directory ready");
-
     let leadership = if settings.leader_election {
         tokio::select! {
             leadership = leader::Leadership::acquire(client.clone(), &settings) => Some(leadership?),
@@ -84,6 +81,10 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
         None
     };
     metrics.set_leader(true);
+    // Only the leader sweeps: with a shared volume, a starting standby would otherwise remove
+    // the leader's staging directory in the middle of its download.
+    let swept = store.sweep()?;
+    info!(dir = %settings.download_dir.display(), staging_removed = swept, "download directory ready");
     let stop = shutdown.child_token();
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lease_watch = leadership

@@ -15,6 +15,7 @@
 
 mod error;
 mod layout;
+mod sweep;
 mod tree;
 mod unpack;
 mod validate;

@@ -1,0 +1,304 @@
+//! The layer stream: tar's header reads capped, the gzip trailer checked, the raw stream
+//! drained to EOF so that a verifying reader can give its verdict.
+
+use super::*;
+
+pub(super) fn open_archive<R: Read>(reader: R, budget: &HeaderBudget) -> Archive<Metered<R>> {
+    let mut archive = Archive::new(Metered {
+        inner: reader,
+        budget: budget.clone(),
+    });
+    archive.set_ignore_zeros(false);
+    archive
+}
+
+/// After the entries: drain the raw stream so its reader can deliver its verdict at EOF. When
+/// the stream was unreadable, that verdict (say, a digest mismatch) explains more than a gzip
+/// or tar complaint does, so it wins.
+pub(super) fn finish(
+    outcome: Result<LayerStats, StorageError>,
+    raw: impl Read,
+) -> Result<LayerStats, StorageError> {
+    match outcome {
+        Ok(stats) => {
+            drain_to_eof(raw).map_err(|source| StorageError::Read {
+                entry: None,
+                source,
+            })?;
+            Ok(stats)
+        }
+        Err(err @ StorageError::Read { .. }) => match drain_to_eof(raw) {
+            Err(source) => Err(StorageError::Read {
+                entry: None,
+                source,
+            }),
+            Ok(()) => Err(err),
+        },
+        Err(err) => Err(err),
+    }
+}
+
+/// Lets gzip reach its CRC and size trailer, past the zero blocks that usually follow the tar
+/// end-of-archive marker. Junk beyond a bound is left to the raw drain instead of decompressed.
+pub(super) fn check_gzip_trailer(decoder: &mut impl Read) -> Result<(), StorageError> {
+    io::copy(&mut decoder.take(MAX_GZIP_TRAILER_BYTES), &mut io::sink())
+        .map(|_| ())
+        .map_err(|source| StorageError::Read {
+            entry: None,
+            source,
+        })
+}
+
+pub(super) fn drain_to_eof(mut raw: impl Read) -> io::Result<()> {
+    let mut buffer = vec![0; COPY_BUFFER_BYTES];
+    loop {
+        match raw.read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+pub(super) fn stream_error(err: io::Error) -> StorageError {
+    if err
+        .get_ref()
+        .is_some_and(|inner| inner.is::<HeaderTooLarge>())
+    {
+        return StorageError::Limit {
+            kind: LimitKind::HeaderBytes,
+            limit: MAX_HEADER_BYTES,
+            entry: None,
+        };
+    }
+    StorageError::Read {
+        entry: None,
+        source: err,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("tar header data exceeds {MAX_HEADER_BYTES} bytes")]
+pub(super) struct HeaderTooLarge;
+
+/// How much tar may still read by itself; `None` while we read entry data ourselves.
+#[derive(Clone, Default)]
+pub(super) struct HeaderBudget(Rc<Cell<Option<u64>>>);
+
+impl HeaderBudget {
+    pub(super) fn restrict(&self, bytes: u64) {
+        self.0.set(Some(bytes));
+    }
+
+    pub(super) fn lift(&self) {
+        self.0.set(None);
+    }
+}
+
+/// The decompressed tar stream, capped by [`HeaderBudget`] so that a huge PAX record or GNU long
+/// name (which tar buffers whole) fails instead of filling memory.
+pub(super) struct Metered<R> {
+    pub(super) inner: R,
+    budget: HeaderBudget,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(left) = self.budget.0.get() else {
+            return self.inner.read(buf);
+        };
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if left == 0 {
+            return Err(io::Error::other(HeaderTooLarge));
+        }
+        let allowed = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let read = self.inner.read(&mut buf[..allowed])?;
+        self.budget.0.set(Some(left - read as u64));
+        Ok(read)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::fs;
+
+    use super::super::test_support::*;
+    use super::*;
+    use crate::digest::Digest;
+
+    #[test]
+    fn stops_a_gzip_bomb_early() {
+        let fixture = Fixture::with_limits(Limits {
+            max_unpacked_bytes: 1 << 20,
+            ..Limits::default()
+        });
+        let bomb = TarLayer::new().file("zeros", &vec![0; 50 << 20]).gzip();
+        let mut reader = Counting {
+            inner: &bomb[..],
+            consumed: 0,
+        };
+        let mut staging = fixture.stage(MODULE, &Digest::of(b"bomb"));
+        let err = staging
+            .apply_layer(&mut reader, LayerCompression::Gzip)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::Limit {
+                    kind: LimitKind::UnpackedBytes,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            reader.consumed < bomb.len() as u64 / 4,
+            "read {} of {}",
+            reader.consumed,
+            bomb.len()
+        );
+        assert!(
+            !staging.path().join("zeros").exists(),
+            "nothing of the bomb was written"
+        );
+
+        // The same size split into files that each look harmless stops at the limit too.
+        let mut layer = TarLayer::new();
+        for index in 0..50 {
+            layer = layer.file(&format!("part{index}"), &vec![0; 1 << 20]);
+        }
+        let err = fixture
+            .unpack(MODULE, &[layer.tar()])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains(r#"at entry "part1""#), "{err}");
+    }
+
+    #[test]
+    fn caps_header_data_tar_would_buffer() {
+        let mut pax = header(EntryType::XHeader, 0o644);
+        pax.set_path("PaxHeaders/f").unwrap();
+        let record = {
+            let value = "v".repeat(2 << 20);
+            let body = format!(" comment={value}\n");
+            format!("{}{body}", body.len() + (body.len() + 8).to_string().len())
+        };
+        pax.set_size(record.len() as u64);
+        pax.set_cksum();
+        let layer = TarLayer::new()
+            .header_with_data(&pax, record.as_bytes())
+            .file("f", b"x")
+            .tar();
+        let err = limit_error(Limits::default(), &[layer]);
+        assert!(
+            matches!(
+                err,
+                StorageError::Limit {
+                    kind: LimitKind::HeaderBytes,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn broken_streams_are_read_errors() {
+        let fixture = Fixture::new();
+        let gz = sample_layer().gzip();
+        let truncated = &gz[..gz.len() / 2];
+        let mut staging = fixture.stage(MODULE, &Digest::of(b"t"));
+        let err = staging
+            .apply_layer(truncated, LayerCompression::Gzip)
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Read { .. }), "{err:?}");
+        assert_eq!(err.class(), FailureClass::Download);
+        drop(staging);
+
+        let mut garbage = gz.clone();
+        garbage[gz.len() / 3..gz.len() / 3 + 64].fill(0x55);
+        let err = fixture
+            .stage(MODULE, &Digest::of(b"g"))
+            .apply_layer(&garbage[..], LayerCompression::Gzip)
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Read { .. }), "{err:?}");
+
+        let err = fixture
+            .stage(MODULE, &Digest::of(b"n"))
+            .apply_layer(&b"not gzip"[..], LayerCompression::Gzip)
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Read { .. }), "{err:?}");
+
+        let tar = TarLayer::new().file("f", &[7; 5000]).tar();
+        let err = fixture
+            .stage(MODULE, &Digest::of(b"p"))
+            .apply_layer(&tar[..2000], LayerCompression::None)
+            .unwrap_err();
+        assert!(
+            matches!(err, StorageError::Read { entry: Some(_), .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(r#"at entry "f""#), "{err}");
+        assert!(fixture.module_dir_names(MODULE).is_empty());
+    }
+
+    #[test]
+    fn reads_to_eof_so_the_reader_can_report_a_mismatch() {
+        let fixture = Fixture::new();
+        for (bytes, compression) in [
+            (sample_layer().tar(), LayerCompression::None),
+            (sample_layer().gzip(), LayerCompression::Gzip),
+        ] {
+            // Padding after the end-of-archive marker must be read too.
+            let mut reader = FailAtEof {
+                bytes: &bytes,
+                consumed: 0,
+            };
+            let err = fixture
+                .stage(MODULE, &Digest::of(b"m"))
+                .apply_layer(&mut reader, compression)
+                .unwrap_err();
+            assert_eq!(reader.consumed, bytes.len());
+            assert!(matches!(err, StorageError::Read { .. }), "{err:?}");
+            assert_eq!(
+                err.to_string(),
+                "cannot read the layer: blob digest mismatch: expected sha256:aa, got sha256:bb"
+            );
+        }
+        // When the content is corrupt too, the reader's verdict still wins over gzip's complaint.
+        let mut corrupt = sample_layer().gzip();
+        let middle = corrupt.len() / 2;
+        corrupt[middle..middle + 64].fill(0);
+        let err = fixture
+            .stage(MODULE, &Digest::of(b"c"))
+            .apply_layer(
+                FailAtEof {
+                    bytes: &corrupt,
+                    consumed: 0,
+                },
+                LayerCompression::Gzip,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("digest mismatch"), "{err}");
+    }
+
+    #[test]
+    fn accepts_multi_member_gzip() {
+        let fixture = Fixture::new();
+        let tar = TarLayer::new()
+            .file("a", b"first half")
+            .file("b", b"second half")
+            .tar();
+        let mut joined = gzip(&tar[..1024]);
+        joined.extend(gzip(&tar[1024..]));
+        let mut staging = fixture.stage(MODULE, &Digest::of(b"mm"));
+        staging
+            .apply_layer(&joined[..], LayerCompression::Gzip)
+            .unwrap();
+        assert_eq!(fs::read(staging.path().join("b")).unwrap(), b"second half");
+    }
+}

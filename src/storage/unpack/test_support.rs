@@ -1,0 +1,125 @@
+//! Layers and assertions shared by the unpacker's tests.
+
+use std::{fs, path::Path};
+
+use tar::EntryType;
+
+use super::super::StorageError;
+pub use super::super::{FailureClass, Limits, testkit::*};
+
+pub const MODULE: &str = "echo";
+
+pub fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+pub fn sample_layer() -> TarLayer {
+    let long_name = format!("deep/{}/file.txt", "n".repeat(150));
+    TarLayer::new()
+        .dir("./")
+        .dir("./templates")
+        .file("./templates/deployment.yaml", b"kind: Deployment\n")
+        .file("empty", b"")
+        .file("images/big.bin", &pseudo_random(1 << 20))
+        .file(&long_name, b"long")
+        .symlink("templates/link.yaml", "deployment.yaml")
+        .symlink("top", "templates")
+        .hardlink("empty-again", "empty")
+}
+
+pub fn assert_sample_unpacked(root: &Path) {
+    assert_eq!(
+        fs::read(root.join("templates/deployment.yaml")).unwrap(),
+        b"kind: Deployment\n"
+    );
+    assert_eq!(fs::read(root.join("empty")).unwrap(), b"");
+    assert_eq!(
+        fs::read(root.join("images/big.bin")).unwrap(),
+        pseudo_random(1 << 20)
+    );
+    let long_name = format!("deep/{}/file.txt", "n".repeat(150));
+    assert_eq!(fs::read(root.join(long_name)).unwrap(), b"long");
+    assert_eq!(
+        fs::read_link(root.join("templates/link.yaml")).unwrap(),
+        Path::new("deployment.yaml")
+    );
+    assert_eq!(
+        fs::read_link(root.join("top")).unwrap(),
+        Path::new("templates")
+    );
+    assert_eq!(
+        fs::read(root.join("top/link.yaml")).unwrap(),
+        b"kind: Deployment\n"
+    );
+    assert!(
+        root.join("empty-again")
+            .symlink_metadata()
+            .unwrap()
+            .is_file()
+    );
+}
+
+pub fn refusal(layers: &[Vec<u8>]) -> (Fixture, StorageError) {
+    let fixture = Fixture::new();
+    let err = fixture.unpack(MODULE, layers).map(|_| ()).unwrap_err();
+    (fixture, err)
+}
+
+pub fn assert_refused(layers: &[Vec<u8>], expected: &str) {
+    let (fixture, err) = refusal(layers);
+    assert!(
+        matches!(err, StorageError::Unsafe { .. }),
+        "{expected}: got {err:?}"
+    );
+    assert_eq!(err.class(), FailureClass::Download);
+    assert!(
+        err.to_string().contains(expected),
+        "{err} should mention {expected}"
+    );
+    fixture.assert_outside_untouched();
+    assert!(
+        fixture.module_dir_names(MODULE).is_empty(),
+        "staging left behind"
+    );
+}
+
+pub fn limit_error(limits: Limits, layers: &[Vec<u8>]) -> StorageError {
+    let fixture = Fixture::with_limits(limits);
+    let err = fixture.unpack(MODULE, layers).map(|_| ()).unwrap_err();
+    assert_eq!(err.class(), FailureClass::Download);
+    assert!(fixture.module_dir_names(MODULE).is_empty());
+    err
+}
+
+/// One PAX record, `<len> <key>=<value>\n`, where `<len>` counts the whole record.
+pub fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body_len = key.len() + value.len() + 3;
+    let mut len = body_len + 1;
+    while len != body_len + len.to_string().len() {
+        len = body_len + len.to_string().len();
+    }
+    let mut record = format!("{len} {key}=").into_bytes();
+    record.extend_from_slice(value);
+    record.push(b'\n');
+    assert_eq!(record.len(), len);
+    record
+}
+
+pub fn pax_named(layer: TarLayer, name: &[u8], data: &[u8]) -> TarLayer {
+    let record = pax_record("path", name);
+    let mut pax = header(EntryType::XHeader, 0o644);
+    pax.set_path("PaxHeaders/x").unwrap();
+    pax.set_size(record.len() as u64);
+    pax.set_cksum();
+    layer
+        .header_with_data(&pax, &record)
+        .raw(b"placeholder", EntryType::Regular, b"", data)
+}
