@@ -31,12 +31,14 @@ use std::{
     rc::Rc,
 };
 
-use flate2::read::MultiGzDecoder;
 use tar::{Archive, Entry, EntryType};
 
 use super::{LayerCompression, LayerStats, LimitKind, Staging, StorageError, tree};
 use paths::{raw_path, safe_relative_path};
-use stream::{HeaderBudget, Metered, check_gzip_trailer, finish, open_archive, stream_error};
+use stream::{
+    HeaderBudget, Metered, check_gzip_trailer, finish, gunzip_on_a_thread, open_archive,
+    stream_error,
+};
 use whiteouts::whiteout_of;
 
 /// Fixed copy buffer: memory does not grow with the size of a file or layer.
@@ -61,20 +63,17 @@ impl Staging {
     /// reports a digest or size mismatch at EOF, and that verdict must not be skipped.
     pub fn apply_layer(
         &mut self,
-        reader: impl Read,
+        reader: impl Read + Send,
         compression: LayerCompression,
     ) -> Result<LayerStats, StorageError> {
         let budget = HeaderBudget::default();
         match compression {
-            LayerCompression::Gzip => {
-                // Multi-member gzip is valid gzip, and Go-based tools (containerd) accept it.
-                let mut archive = open_archive(MultiGzDecoder::new(reader), &budget);
+            LayerCompression::Gzip => gunzip_on_a_thread(reader, |decoded| {
+                let mut archive = open_archive(decoded, &budget);
                 let outcome = self.unpack_archive(&mut archive, &budget);
-                let mut decoder = archive.into_inner().inner;
-                let outcome =
-                    outcome.and_then(|stats| check_gzip_trailer(&mut decoder).map(|()| stats));
-                finish(outcome, decoder.into_inner())
-            }
+                let decoded = archive.into_inner().inner;
+                outcome.and_then(|stats| check_gzip_trailer(decoded).map(|()| stats))
+            }),
             LayerCompression::None => {
                 let mut archive = open_archive(reader, &budget);
                 let outcome = self.unpack_archive(&mut archive, &budget);
