@@ -23,6 +23,8 @@
 //!
 //! Needs `docker-registry`, `curl`, `tar`, `skopeo` and GNU `time` (hack/install-deps.sh).
 
+#[path = "../tests/support/layers.rs"]
+mod layers;
 #[path = "../tests/support/registry.rs"]
 mod registry;
 
@@ -36,7 +38,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use flate2::{Compression, write::GzEncoder};
+use flate2::Compression;
 use mpo_operator::{
     Digest,
     install::install,
@@ -45,6 +47,7 @@ use mpo_operator::{
 };
 use sha2::{Digest as _, Sha256};
 
+use layers::{DIR_MODE, FILE_MODE, LayerWriter};
 use registry::{RegistryKind, TestRegistry};
 
 const MIB: u64 = 1024 * 1024;
@@ -312,31 +315,20 @@ struct LayerFile {
     unpacked_bytes: u64,
 }
 
-/// `module.yaml`, `files/`, `files/blob.bin` of `data_bytes` pseudo-random bytes, gzip `fast`,
-/// fixed mtime: the layout and settings of `large_module` in tests/support/images.rs.
+/// `module.yaml`, `files/`, `files/blob.bin` of `data_bytes` pseudo-random bytes, gzip `fast`:
+/// the layout of `large_module` in tests/support/images.rs, with the shared layer builder.
 fn write_layer(path: &Path, module: &str, data_bytes: u64) -> Result<LayerFile> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let gz_hashed = Hashing::new(BufWriter::new(file));
-    let tar_hashed = Hashing::new(GzEncoder::new(gz_hashed, Compression::fast()));
-    let mut builder = tar::Builder::new(tar_hashed);
+    let tar_hashed = Hashing::new(layers::gzip_writer(gz_hashed, Compression::fast()));
+    let mut layer = LayerWriter::new(tar_hashed);
     let module_yaml = format!("name: {module}\nweight: 900\n");
-    append_file(
-        &mut builder,
-        "module.yaml",
-        module_yaml.len() as u64,
-        module_yaml.as_bytes(),
-    )?;
-    append(
-        &mut builder,
-        "files/",
-        tar::EntryType::Directory,
-        0o755,
-        0,
-        io::empty(),
-    )?;
+    let yaml_len = module_yaml.len() as u64;
+    layer.file("module.yaml", FILE_MODE, yaml_len, module_yaml.as_bytes())?;
+    layer.dir("files/", DIR_MODE)?;
     let data = PseudoRandom::new(module, data_bytes);
-    append_file(&mut builder, "files/blob.bin", data_bytes, data)?;
-    let (encoder, diff_id, _) = builder.into_inner().context("finishing the tar")?.finish();
+    layer.file("files/blob.bin", FILE_MODE, data_bytes, data)?;
+    let (encoder, diff_id, _) = layer.finish().context("finishing the tar")?.finish();
     let (mut writer, digest, size) = encoder.finish().context("finishing gzip")?.finish();
     writer.flush().context("writing the layer")?;
     Ok(LayerFile {
@@ -353,28 +345,24 @@ fn write_layer(path: &Path, module: &str, data_bytes: u64) -> Result<LayerFile> 
 fn write_text_layer(path: &Path, module: &str) -> Result<LayerFile> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let gz_hashed = Hashing::new(BufWriter::new(file));
-    let tar_hashed = Hashing::new(GzEncoder::new(gz_hashed, Compression::default()));
-    let mut builder = tar::Builder::new(tar_hashed);
+    let tar_hashed = Hashing::new(layers::gzip_writer(gz_hashed, Compression::default()));
+    let mut layer = LayerWriter::new(tar_hashed);
     let module_yaml = format!("name: {module}\nweight: 900\n");
-    append_file(
-        &mut builder,
-        "module.yaml",
-        module_yaml.len() as u64,
-        module_yaml.as_bytes(),
-    )?;
+    let yaml_len = module_yaml.len() as u64;
+    layer.file("module.yaml", FILE_MODE, yaml_len, module_yaml.as_bytes())?;
     let mut text = TextGenerator::new(module);
     let mut unpacked = module_yaml.len() as u64;
-    append_dir(&mut builder, "files/")?;
+    layer.dir("files/", DIR_MODE)?;
     for dir in 0..TEXT_DIRS {
-        append_dir(&mut builder, &format!("files/dir-{dir:02}/"))?;
+        layer.dir(&format!("files/dir-{dir:02}/"), DIR_MODE)?;
     }
     for index in 0..TEXT_FILES {
         let body = text.file(TEXT_FILE_BYTES as usize);
         let name = format!("files/dir-{:02}/file-{index:04}.yaml", index % TEXT_DIRS);
-        append_file(&mut builder, &name, body.len() as u64, body.as_slice())?;
+        layer.file(&name, FILE_MODE, body.len() as u64, body.as_slice())?;
         unpacked += body.len() as u64;
     }
-    let (encoder, diff_id, _) = builder.into_inner().context("finishing the tar")?.finish();
+    let (encoder, diff_id, _) = layer.finish().context("finishing the tar")?.finish();
     let (mut writer, digest, size) = encoder.finish().context("finishing gzip")?.finish();
     writer.flush().context("writing the layer")?;
     Ok(LayerFile {
@@ -383,17 +371,6 @@ fn write_text_layer(path: &Path, module: &str) -> Result<LayerFile> {
         size,
         unpacked_bytes: unpacked,
     })
-}
-
-fn append_dir<W: Write>(builder: &mut tar::Builder<W>, path: &str) -> Result<()> {
-    append(
-        builder,
-        path,
-        tar::EntryType::Directory,
-        0o755,
-        0,
-        io::empty(),
-    )
 }
 
 /// Deterministic YAML-like text: `word_word: word word word <24 hex digits>` lines.
@@ -444,34 +421,6 @@ impl TextGenerator {
         out.truncate(len);
         out.into_bytes()
     }
-}
-
-fn append_file<W: Write>(
-    builder: &mut tar::Builder<W>,
-    path: &str,
-    size: u64,
-    data: impl Read,
-) -> Result<()> {
-    append(builder, path, tar::EntryType::Regular, 0o644, size, data)
-}
-
-/// One entry with the fixed mtime of tests/support/images.rs (2024-01-01), uid/gid 0.
-fn append<W: Write>(
-    builder: &mut tar::Builder<W>,
-    path: &str,
-    kind: tar::EntryType,
-    mode: u32,
-    size: u64,
-    data: impl Read,
-) -> Result<()> {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(kind);
-    header.set_mode(mode);
-    header.set_mtime(1_704_067_200);
-    header.set_size(size);
-    builder
-        .append_data(&mut header, path, data)
-        .with_context(|| format!("adding {path} to the layer"))
 }
 
 /// A writer that hashes and counts what passes through it.

@@ -10,8 +10,9 @@ say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 say "installing system packages and building kube-apiserver/kubectl if needed (first run: ~6 min)"
 bash hack/install-deps.sh >/dev/null
 bash hack/k8s-bins.sh >/dev/null
-say "building the operator"
-cargo build --locked --release --bin mpo-operator
+say "building the operator and the module pusher (examples/push-module.rs)"
+cargo build --locked --release --bin mpo-operator --example push-module
+push=$root/target/release/examples/push-module
 
 demo=$root/.mpo/demo
 rm -rf "$demo" && mkdir -p "$demo"
@@ -52,9 +53,9 @@ make_module() { # DIR NAME WEIGHT MARKER
 }
 for m in echo hello-world; do
   make_module "$demo/src/$m" "$m" 910 "v0.0.1-$m"
-  python3 hack/push-module.py "$demo/src/$m" "http://127.0.0.1:$port" "deckhouse/modules/$m" main-patch-03354 >/dev/null
+  "$push" "$demo/src/$m" "http://127.0.0.1:$port" "deckhouse/modules/$m" main-patch-03354 >/dev/null
   # The root repository's tags are the module names.
-  python3 hack/push-module.py "$demo/src/$m" "http://127.0.0.1:$port" deckhouse/modules "$m" >/dev/null
+  "$push" "$demo/src/$m" "http://127.0.0.1:$port" deckhouse/modules "$m" >/dev/null
 done
 
 say "applying crds/ and examples/ (the source pointed at the local registry)"
@@ -79,7 +80,7 @@ The operator is running. In another terminal:
   export KUBECONFIG=$KUBECONFIG PATH=$(dirname "$MPO_TEST_KUBECTL"):\$PATH
   kubectl get mop echo -o yaml
   echo '{"version": "v0.0.2"}' > $demo/src/echo/version.json       # change the module
-  python3 hack/push-module.py $demo/src/echo http://127.0.0.1:$port deckhouse/modules/echo main-patch-03354
+  $push $demo/src/echo http://127.0.0.1:$port deckhouse/modules/echo main-patch-03354
   kubectl annotate mop echo renew=""        # picks up the new digest at once
   ls -l $demo/downloaded/echo/
 Ctrl-C here stops the operator, the registry and the control plane.

@@ -17,11 +17,12 @@ use std::{
 use serde_json::Value;
 use support::{
     Cluster,
-    crafted::{self, Canary, CraftedTar, names_in, staging_dirs, zeros},
+    crafted::{self, Canary, names_in, staging_dirs, zeros},
     images::{
         BuiltImage, ModuleImage, OCI_LAYER_GZIP, OCI_LAYER_TAR, RawTarEntry, large_module,
         push_built, push_index,
     },
+    layers::TarLayer,
     registry::RegistryKind,
     scenario::{REPO_PATH, Scenario, files_under, sorted},
     wait_for,
@@ -153,13 +154,13 @@ fn download(fragment: impl Into<String>) -> Refusal {
 
 /// A valid module (so that nothing but the hostile part can be blamed) with `tar` as a gzip layer
 /// on top. `marker` makes every case's image, and its blobs, distinct.
-fn module_with(module: &str, marker: &str, tar: CraftedTar) -> ModuleImage {
-    ModuleImage::module(module, 900, marker).raw_layer(tar.gzip(), OCI_LAYER_GZIP)
+fn module_with(module: &str, marker: &str, tar: TarLayer) -> ModuleImage {
+    ModuleImage::module(module, 900, marker).raw_layer(tar.gzip_best(), OCI_LAYER_GZIP)
 }
 
-fn entries(list: &[RawTarEntry]) -> CraftedTar {
+fn entries(list: &[RawTarEntry]) -> TarLayer {
     list.iter()
-        .fold(CraftedTar::new(), |tar, entry| tar.entry(entry))
+        .fold(TarLayer::new(), |tar, entry| tar.entry(entry))
 }
 
 fn dir(name: &str) -> RawTarEntry {
@@ -211,7 +212,7 @@ fn refused_cases(module: &str, canary: &Path) -> Vec<Case> {
             Publish::Image(module_with(
                 module,
                 "nul",
-                CraftedTar::new().pax_entry(&RawTarEntry::file(b"module.yaml\0/../x", "x")),
+                TarLayer::new().pax_entry(&RawTarEntry::file(b"module.yaml\0/../x", "x")),
             )),
             download(r#"refused entry "module.yaml\0/../x": name contains a NUL byte"#),
         ),
@@ -292,10 +293,13 @@ fn refused_cases(module: &str, canary: &Path) -> Vec<Case> {
             Publish::Image(
                 ModuleImage::module(module, 900, "through-in")
                     .raw_layer(
-                        entries(&[dir("real"), symlink("alias", "real")]).gzip(),
+                        entries(&[dir("real"), symlink("alias", "real")]).gzip_best(),
                         OCI_LAYER_GZIP,
                     )
-                    .raw_layer(entries(&[file("alias/pwned", "x")]).gzip(), OCI_LAYER_GZIP),
+                    .raw_layer(
+                        entries(&[file("alias/pwned", "x")]).gzip_best(),
+                        OCI_LAYER_GZIP,
+                    ),
             ),
             download(r#"refused entry "alias/pwned": parent "alias" is a symlink"#),
         ),
@@ -357,7 +361,7 @@ fn path_length_cases(module: &str) -> Vec<Case> {
         module_with(
             module,
             marker,
-            CraftedTar::new().pax_entry(&RawTarEntry::file(name, "x")),
+            TarLayer::new().pax_entry(&RawTarEntry::file(name, "x")),
         )
     };
     let too_long = format!("{}f", "a/".repeat(2049));
@@ -439,7 +443,7 @@ fn over_the_compressed_limit(module: &str) -> ModuleImage {
 }
 
 fn stream_cases(module: &str) -> Vec<Case> {
-    let whole = CraftedTar::new()
+    let whole = TarLayer::new()
         .entry(&zeros("padding", 256 << 10))
         .entry(&RawTarEntry::file(
             "noise",
@@ -447,11 +451,13 @@ fn stream_cases(module: &str) -> Vec<Case> {
                 .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
                 .collect::<Vec<u8>>(),
         ))
-        .gzip();
+        .gzip_best();
     let truncated = whole[..whole.len() / 2].to_vec();
     let unique_layer = |marker: &str| {
-        ModuleImage::module(module, 900, marker)
-            .raw_layer(entries(&[file("payload", marker)]).gzip(), OCI_LAYER_GZIP)
+        ModuleImage::module(module, 900, marker).raw_layer(
+            entries(&[file("payload", marker)]).gzip_best(),
+            OCI_LAYER_GZIP,
+        )
     };
     vec![
         case(
@@ -774,7 +780,7 @@ async fn odd_but_harmless_images_are_accepted_without_privileged_bits() {
         Publish::Image(module_with(
             &module,
             "deep",
-            CraftedTar::new().pax_entry(&RawTarEntry::file(deep_name.as_str(), "deep")),
+            TarLayer::new().pax_entry(&RawTarEntry::file(deep_name.as_str(), "deep")),
         )),
     )
     .await;

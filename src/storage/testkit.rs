@@ -1,119 +1,26 @@
 // Test-only module: included from storage/mod.rs under #[cfg(test)].
-//! Test helpers: in-memory tar layers (hostile ones included) and a store in a temp dir.
+//! Test helpers: in-memory tar layers (from tests/support/layers.rs) and a store in a temp dir.
 
 use std::{
     fs,
-    io::{self, Read, Write},
+    io::{self, Read},
     path::{Path, PathBuf},
 };
 
-use tar::{EntryType, Header};
 use tempfile::TempDir;
 
 use super::{LayerCompression, Limits, ModuleStore, Staging, StorageError};
 use crate::digest::Digest;
 
-/// Builds a tar stream entry by entry.
-pub struct TarLayer {
-    builder: tar::Builder<Vec<u8>>,
-}
+/// The tests' one layer builder, shared with the integration tests, benches and the demo.
+#[path = "../../tests/support/layers.rs"]
+mod layers;
 
-impl TarLayer {
-    pub fn new() -> Self {
-        Self {
-            builder: tar::Builder::new(Vec::new()),
-        }
-    }
+pub use layers::{TarLayer, header};
 
-    pub fn file(self, path: &str, data: &[u8]) -> Self {
-        self.file_mode(path, data, 0o644)
-    }
-
-    pub fn file_mode(mut self, path: &str, data: &[u8], mode: u32) -> Self {
-        let mut header = header(EntryType::Regular, mode);
-        header.set_size(data.len() as u64);
-        self.builder.append_data(&mut header, path, data).unwrap();
-        self
-    }
-
-    pub fn dir(self, path: &str) -> Self {
-        self.dir_mode(path, 0o755)
-    }
-
-    pub fn dir_mode(mut self, path: &str, mode: u32) -> Self {
-        let mut header = header(EntryType::Directory, mode);
-        self.builder
-            .append_data(&mut header, path, io::empty())
-            .unwrap();
-        self
-    }
-
-    pub fn symlink(mut self, path: &str, target: &str) -> Self {
-        let mut header = header(EntryType::Symlink, 0o777);
-        self.builder.append_link(&mut header, path, target).unwrap();
-        self
-    }
-
-    pub fn hardlink(mut self, path: &str, target: &str) -> Self {
-        let mut header = header(EntryType::Link, 0o644);
-        self.builder.append_link(&mut header, path, target).unwrap();
-        self
-    }
-
-    /// An entry written byte for byte, for names `tar::Builder` refuses to write.
-    pub fn raw(mut self, name: &[u8], kind: EntryType, link: &[u8], data: &[u8]) -> Self {
-        let mut header = header(kind, 0o644);
-        header.as_old_mut().name[..name.len()].copy_from_slice(name);
-        header.as_old_mut().linkname[..link.len()].copy_from_slice(link);
-        header.set_size(data.len() as u64);
-        header.set_cksum();
-        self.builder.append(&header, data).unwrap();
-        self
-    }
-
-    /// A GNU long-name record followed by a regular file, so that the name can hold any byte.
-    pub fn long_named_file(mut self, name: &[u8], data: &[u8]) -> Self {
-        let mut long = Header::new_gnu();
-        long.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
-        long.set_entry_type(EntryType::GNULongName);
-        long.set_mode(0o644);
-        long.set_size(name.len() as u64 + 1);
-        long.set_cksum();
-        let mut record = name.to_vec();
-        record.push(0);
-        self.builder.append(&long, &record[..]).unwrap();
-        self.raw(b"placeholder", EntryType::Regular, b"", data)
-    }
-
-    /// Any header (PAX records, odd types) with its data as is.
-    pub fn header_with_data(mut self, header: &Header, data: &[u8]) -> Self {
-        self.builder.append(header, data).unwrap();
-        self
-    }
-
-    pub fn tar(self) -> Vec<u8> {
-        self.builder.into_inner().unwrap()
-    }
-
-    pub fn gzip(self) -> Vec<u8> {
-        gzip(&self.tar())
-    }
-}
-
-pub fn header(kind: EntryType, mode: u32) -> Header {
-    let mut header = Header::new_gnu();
-    header.set_entry_type(kind);
-    header.set_mode(mode);
-    header.set_mtime(1_700_000_000);
-    header.set_size(0);
-    header.set_cksum();
-    header
-}
-
+/// Gzip at the fast level, as [`TarLayer::gzip`] does.
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    encoder.write_all(bytes).unwrap();
-    encoder.finish().unwrap()
+    layers::gzip(bytes, flate2::Compression::fast())
 }
 
 /// A store at `<tmp>/root`, with an empty sibling `<tmp>/outside` that must stay empty.

@@ -7,11 +7,11 @@
 //! manifest digest; a different `marker` in [`ModuleImage::echo_module`] gives a different one.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
-use flate2::{Compression, GzBuilder, read::GzDecoder};
+use anyhow::{Context, Result, bail};
+use flate2::{Compression, read::GzDecoder};
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
@@ -25,12 +25,8 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-/// mtime of every tar entry (2024-01-01T00:00:00Z), so builds are reproducible.
-pub const MTIME: u64 = 1_704_067_200;
-
-const FILE_MODE: u32 = 0o644;
-const DIR_MODE: u32 = 0o755;
-const SYMLINK_MODE: u32 = 0o777;
+pub use super::layers::RawTarEntry;
+use super::layers::{self, DIR_MODE, FILE_MODE, LayerWriter};
 const PUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
@@ -362,6 +358,30 @@ pub async fn push_built(
     Ok(built.digest.clone())
 }
 
+/// A registry outside the harness (the demo's), as [`push_to`] reaches it.
+pub struct PushTarget {
+    pub https: bool,
+    pub ca_pem: Option<String>,
+    pub credentials: Option<(String, String)>,
+}
+
+/// Pushes an already built image to `<host>/<repository>:<tag>` of any registry.
+pub async fn push_to(
+    target: &PushTarget,
+    host: &str,
+    repository: &str,
+    tag: &str,
+    built: &BuiltImage,
+) -> Result<String> {
+    let reference = Reference::with_tag(host.to_string(), repository.to_string(), tag.to_string());
+    let client = Pusher::connect_to(target, &reference).await?;
+    client.push_blobs(&reference, built).await?;
+    client
+        .push_manifest(&reference, &built.manifest, OCI_MANIFEST, &built.digest)
+        .await?;
+    Ok(built.digest.clone())
+}
+
 /// Pushes each image by digest, then an OCI image index under `tag` listing them with the given
 /// platforms (`(os, architecture)`, e.g. `("linux", "arm64")`). Returns the index digest.
 pub async fn push_index(
@@ -427,68 +447,14 @@ pub fn large_module(name: &str, size: usize) -> ModuleImage {
         .file("files/blob.bin", pseudo_random(seed_from(name), size))
 }
 
-/// One entry of a hand-made tar, written without the `tar` crate's path checks (which refuse `..` and
-/// absolute paths): for hostile layers.
-#[derive(Clone, Debug)]
-pub struct RawTarEntry {
-    /// Raw name bytes, at most 100 (the ustar `name` field; no long-name extension).
-    pub name: Vec<u8>,
-    pub kind: tar::EntryType,
-    /// Link target for symlinks and hardlinks, at most 100 bytes.
-    pub link: Vec<u8>,
-    pub mode: u32,
-    pub data: Vec<u8>,
-}
-
-impl RawTarEntry {
-    pub fn file(name: impl AsRef<[u8]>, data: impl AsRef<[u8]>) -> Self {
-        Self::new(name, tar::EntryType::Regular, "", data)
-    }
-
-    pub fn symlink(name: impl AsRef<[u8]>, target: impl AsRef<[u8]>) -> Self {
-        Self::new(name, tar::EntryType::Symlink, target, "")
-    }
-
-    pub fn hardlink(name: impl AsRef<[u8]>, target: impl AsRef<[u8]>) -> Self {
-        Self::new(name, tar::EntryType::Link, target, "")
-    }
-
-    pub fn new(
-        name: impl AsRef<[u8]>,
-        kind: tar::EntryType,
-        link: impl AsRef<[u8]>,
-        data: impl AsRef<[u8]>,
-    ) -> Self {
-        RawTarEntry {
-            name: name.as_ref().to_vec(),
-            kind,
-            link: link.as_ref().to_vec(),
-            mode: FILE_MODE,
-            data: data.as_ref().to_vec(),
-        }
-    }
-
-    pub fn mode(mut self, mode: u32) -> Self {
-        self.mode = mode;
-        self
-    }
-}
-
 /// A tar (gzipped when `gzip`) of `entries` exactly as given, for [`ModuleImage::raw_layer`] with
 /// [`OCI_LAYER_GZIP`] or [`OCI_LAYER_TAR`].
 pub fn raw_tar(entries: &[RawTarEntry], gzip_it: bool) -> Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for e in entries {
-        let mut header = base_header(e.kind, e.mode, e.data.len() as u64)?;
-        let old = header.as_old_mut();
-        copy_field(&mut old.name, &e.name).context("raw tar entry name")?;
-        copy_field(&mut old.linkname, &e.link).context("raw tar link target")?;
-        header.set_cksum();
-        builder
-            .append(&header, e.data.as_slice())
-            .context("appending a raw tar entry")?;
+    let mut writer = LayerWriter::new(Vec::new());
+    for entry in entries {
+        writer.raw(entry).context("appending a raw tar entry")?;
     }
-    let tar = builder.into_inner().context("finishing the raw tar")?;
+    let tar = writer.finish().context("finishing the raw tar")?;
     if gzip_it { gzip(&tar) } else { Ok(tar) }
 }
 
@@ -499,15 +465,27 @@ struct Pusher {
 
 impl Pusher {
     async fn connect(reg: &TestRegistry, reference: &Reference) -> Result<Self> {
-        let extra_root_certificates = reg
-            .ca_pem()
+        let target = PushTarget {
+            https: reg.kind().has_tls(),
+            ca_pem: reg.ca_pem().map(str::to_owned),
+            credentials: reg
+                .credentials()
+                .map(|(user, password)| (user.to_string(), password.to_string())),
+        };
+        Self::connect_to(&target, reference).await
+    }
+
+    async fn connect_to(target: &PushTarget, reference: &Reference) -> Result<Self> {
+        let extra_root_certificates = target
+            .ca_pem
+            .as_ref()
             .map(|pem| Certificate {
                 encoding: CertificateEncoding::Pem,
                 data: pem.as_bytes().to_vec(),
             })
             .into_iter()
             .collect();
-        let protocol = if reg.kind().has_tls() {
+        let protocol = if target.https {
             ClientProtocol::Https
         } else {
             ClientProtocol::Http
@@ -519,14 +497,14 @@ impl Pusher {
             read_timeout: Some(PUSH_TIMEOUT),
             ..Default::default()
         });
-        let auth = match reg.credentials() {
-            Some((user, password)) => RegistryAuth::Basic(user.to_string(), password.to_string()),
+        let auth = match &target.credentials {
+            Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
             None => RegistryAuth::Anonymous,
         };
         client
             .auth(reference, &auth, RegistryOperation::Push)
             .await
-            .with_context(|| format!("authenticating to {} for push", reg.host()))?;
+            .with_context(|| format!("authenticating to {} for push", reference.registry()))?;
         Ok(Pusher { client })
     }
 
@@ -641,57 +619,33 @@ fn remove_subtree(tree: &mut BTreeMap<String, Node>, path: &str, inclusive: bool
     tree.retain(|p, _| !(p.starts_with(&prefix) || (inclusive && p == path)));
 }
 
-fn base_header(kind: tar::EntryType, mode: u32, size: u64) -> Result<tar::Header> {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_username("root").context("tar user name")?;
-    h.set_groupname("root").context("tar group name")?;
-    h.set_mtime(MTIME);
-    h.set_size(size);
-    Ok(h)
-}
-
 /// One layer's tar: directory entries for parents first (once each), then the entries in order.
 fn tar_bytes(entries: &[Entry]) -> Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::new());
+    let mut writer = LayerWriter::new(Vec::new());
     let mut dirs_written = BTreeSet::new();
     for entry in entries {
         for dir in parents(entry.path()) {
             if dirs_written.insert(dir.clone()) {
-                let mut h = base_header(tar::EntryType::Directory, DIR_MODE, 0)?;
-                builder
-                    .append_data(&mut h, format!("{dir}/"), std::io::empty())
+                writer
+                    .dir(&format!("{dir}/"), DIR_MODE)
                     .with_context(|| format!("tar directory entry {dir}/"))?;
             }
         }
         match entry {
-            Entry::File { path, data, mode } => {
-                let mut h = base_header(tar::EntryType::Regular, *mode, data.len() as u64)?;
-                builder
-                    .append_data(&mut h, path, data.as_slice())
-                    .with_context(|| format!("tar file entry {path}"))?;
-            }
-            Entry::Symlink { path, target } => {
-                let mut h = base_header(tar::EntryType::Symlink, SYMLINK_MODE, 0)?;
-                builder
-                    .append_link(&mut h, path, target)
-                    .with_context(|| format!("tar symlink entry {path} -> {target}"))?;
-            }
+            Entry::File { path, data, mode } => writer
+                .file(path, *mode, data.len() as u64, data.as_slice())
+                .with_context(|| format!("tar file entry {path}"))?,
+            Entry::Symlink { path, target } => writer
+                .symlink(path, target)
+                .with_context(|| format!("tar symlink entry {path} -> {target}"))?,
         }
     }
-    builder.into_inner().context("finishing the tar")
+    writer.finish().context("finishing the tar")
 }
 
 fn gzip(data: &[u8]) -> Result<Vec<u8>> {
     // fast(): the large-module tests push tens of MiB of incompressible data on 2 cores.
-    let mut enc = GzBuilder::new()
-        .mtime(0)
-        .write(Vec::new(), Compression::fast());
-    enc.write_all(data).context("gzip write")?;
-    enc.finish().context("gzip finish")
+    Ok(layers::gzip(data, Compression::fast()))
 }
 
 /// diff_id of a raw layer: sha256 of its uncompressed form when it is gzip and decodes, else of the bytes.
@@ -703,19 +657,6 @@ fn raw_diff_id(bytes: &[u8], media_type: &str) -> String {
         }
     }
     sha256_digest(bytes)
-}
-
-fn copy_field(field: &mut [u8], value: &[u8]) -> Result<()> {
-    if value.len() > field.len() {
-        return Err(anyhow!(
-            "{} bytes do not fit a {}-byte tar field",
-            value.len(),
-            field.len()
-        ));
-    }
-    field.fill(0);
-    field[..value.len()].copy_from_slice(value);
-    Ok(())
 }
 
 pub fn sha256_digest(bytes: &[u8]) -> String {

@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod crafted;
 pub mod images;
+pub mod layers;
 pub mod mounts;
 pub mod operator;
 pub mod proxy;
