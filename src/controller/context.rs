@@ -167,6 +167,9 @@ fn credentials_fingerprint(config: &RegistryConfig) -> u64 {
         crate::crd::RegistryCredentials::Basic { username, password } => {
             (username, password).hash(&mut hasher)
         }
+        crate::crd::RegistryCredentials::IdentityToken { username, token } => {
+            (username, token).hash(&mut hasher)
+        }
         crate::crd::RegistryCredentials::Bearer(token) => token.hash(&mut hasher),
     }
     hasher.finish()

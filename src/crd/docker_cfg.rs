@@ -57,16 +57,27 @@ impl DockerCfg {
         if self.is_empty() {
             return Ok(RegistryCredentials::Anonymous);
         }
-        let config = self.parse()?;
-        let entry = config
-            .auths
-            .into_iter()
-            .find(|(key, _)| auth_key_host(key).eq_ignore_ascii_case(host))
-            .map(|(_, entry)| entry)
+        let mut auths = self.parse()?.auths;
+        // An exact host first; then Docker Hub's names for each other (`docker login` writes
+        // `https://index.docker.io/v1/`, repos say `docker.io/…` or `registry-1.docker.io/…`).
+        let key = auths
+            .keys()
+            .find(|key| auth_key_host(key).eq_ignore_ascii_case(host))
+            .or_else(|| {
+                auths
+                    .keys()
+                    .find(|key| is_docker_hub(auth_key_host(key)) && is_docker_hub(host))
+            })
+            .cloned()
             .ok_or_else(|| DockerCfgError::NoEntryForHost {
                 host: host.to_owned(),
             })?;
-        entry.into_credentials(host)
+        match auths.remove(&key) {
+            Some(entry) => entry.into_credentials(host),
+            None => Err(DockerCfgError::NoEntryForHost {
+                host: host.to_owned(),
+            }),
+        }
     }
 
     fn parse(&self) -> Result<ConfigJson, DockerCfgError> {
@@ -98,11 +109,10 @@ impl AuthEntry {
             return Ok(RegistryCredentials::Bearer(token));
         }
         if let Some(token) = self.identitytoken.filter(|t| !t.is_empty()) {
-            // Docker sends an identity token as the password of a token request.
-            let username = self.username.unwrap_or_else(|| "<token>".to_owned());
-            return Ok(RegistryCredentials::Basic {
-                username,
-                password: token,
+            // An OAuth2 refresh token for the registry's token server (see registry::auth).
+            return Ok(RegistryCredentials::IdentityToken {
+                username: self.username.filter(|u| !u.is_empty()),
+                token,
             });
         }
         if let (Some(username), Some(password)) = (self.username.clone(), self.password) {
@@ -173,6 +183,14 @@ fn decode_auth_field(auth: &str) -> Option<RegistryCredentials> {
     })
 }
 
+const DOCKER_HUB_HOSTS: &[&str] = &["docker.io", "index.docker.io", "registry-1.docker.io"];
+
+fn is_docker_hub(host: &str) -> bool {
+    DOCKER_HUB_HOSTS
+        .iter()
+        .any(|hub| hub.eq_ignore_ascii_case(host))
+}
+
 /// `https://registry.example.com:5000/v1/` → `registry.example.com:5000`.
 fn auth_key_host(key: &str) -> &str {
     let without_scheme = key.split_once("://").map_or(key, |(_, rest)| rest);
@@ -238,6 +256,37 @@ mod tests {
             r#"{{"auths":{{"r.example":{{"auth":"{auth}"}}}}}}"#
         ));
         assert_eq!(c.credentials_for("r.example"), Ok(basic("tester", "pa:ss")));
+    }
+
+    #[test]
+    fn docker_hubs_login_key_serves_its_other_names() {
+        let c = cfg(r#"{"auths":{"https://index.docker.io/v1/":{"username":"u","password":"p"}}}"#);
+        for host in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
+            assert_eq!(c.credentials_for(host), Ok(basic("u", "p")), "{host}");
+        }
+        assert!(c.credentials_for("ghcr.io").is_err());
+        // An exact entry wins over the alias.
+        let both = cfg(
+            r#"{"auths":{"https://index.docker.io/v1/":{"username":"a","password":"1"},"registry-1.docker.io":{"username":"b","password":"2"}}}"#,
+        );
+        assert_eq!(
+            both.credentials_for("registry-1.docker.io"),
+            Ok(basic("b", "2"))
+        );
+        assert_eq!(both.credentials_for("docker.io"), Ok(basic("a", "1")));
+    }
+
+    #[test]
+    fn an_identity_token_is_a_refresh_token() {
+        let c = cfg(r#"{"auths":{"r":{"username":"u","identitytoken":"refresh"}}}"#);
+        assert_eq!(
+            c.credentials_for("r"),
+            Ok(RegistryCredentials::IdentityToken {
+                username: Some("u".into()),
+                token: "refresh".into()
+            })
+        );
+        assert!(!format!("{:?}", c.credentials_for("r")).contains("refresh"));
     }
 
     #[test]

@@ -1,10 +1,8 @@
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use oci_client::{
-    Client, Reference,
-    client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
+    client::{Certificate, CertificateEncoding},
     manifest::{self, ImageIndexEntry, OciDescriptor, OciImageManifest, OciManifest},
-    secrets::RegistryAuth,
 };
 use reqwest::Method;
 use tokio::io::AsyncRead;
@@ -14,7 +12,6 @@ use super::RegistryCredentials;
 use super::{
     ModuleRef, RegistryError, RepoName, RequestObserver,
     http::{Http, SharedHttp, content_digest, read_body},
-    limits,
     verify::{BodyFailure, Verified},
 };
 use crate::Digest;
@@ -102,15 +99,14 @@ impl Registry {
         let certificates = parse_ca(config.ca_pem.as_deref())?;
         let http = Http {
             client: reqwest_client(config, &certificates)?,
-            oci: oci_client(config, certificates)?,
-            auth: to_auth(&config.credentials),
+            credentials: config.credentials.clone(),
             scheme: match config.transport {
                 Transport::Http => "http",
                 Transport::Https => "https",
             },
             // A whole request may take a few read timeouts; none may hang a worker forever.
             request_timeout: config.connect_timeout + config.read_timeout * 2,
-            authorization: std::sync::Mutex::new(HashMap::new()),
+            authorizations: Default::default(),
             observer,
         };
         Ok(Self {
@@ -201,21 +197,52 @@ impl Registry {
         Ok((StreamReader::new(body), failure))
     }
 
-    /// The tags of the root repository: the module names of the source.
+    /// The tags of the root repository: the module names of the source. Follows the `Link`
+    /// pagination of the distribution spec, so a large source is listed whole.
     pub async fn list_modules(&self) -> Result<Vec<String>, RegistryError> {
-        let reference: Reference = self.repo.root_reference();
-        let _slot = limits::acquire(reference.resolve_registry()).await;
-        let mut tags = self
+        let endpoint = self.repo.endpoint();
+        let repository = self.repo.root_repository();
+        let mut url = self
             .http
-            .bounded(
-                self.http
-                    .oci
-                    .list_tags(&reference, &self.http.auth, None, None),
-            )
-            .await??
-            .tags;
-        tags.sort();
-        Ok(tags)
+            .url_of(&endpoint, repository, "tags", "list")
+            .to_string()
+            + &format!("?n={TAGS_PAGE}");
+        let mut tags = Vec::new();
+        for _ in 0..MAX_TAG_PAGES {
+            let exchange = self
+                .http
+                .exchange_at(Method::GET, &endpoint, repository, &url, "application/json")
+                .await?;
+            let response = exchange.response;
+            if !response.status().is_success() {
+                return Err(self.http.status_error(response).await);
+            }
+            let next = next_page(response.headers(), self.http.scheme, &endpoint);
+            let (body, truncated) = self
+                .http
+                .bounded(read_body(response, MAX_TAGS_PAGE_BYTES))
+                .await??;
+            if truncated {
+                return Err(RegistryError::BadManifest(format!(
+                    "a tag list page is over {MAX_TAGS_PAGE_BYTES} bytes"
+                )));
+            }
+            let page: TagPage = serde_json::from_slice(&body).map_err(|_| {
+                RegistryError::BadManifest("the tag list is not the expected JSON".into())
+            })?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(next) => url = next,
+                None => {
+                    tags.sort();
+                    tags.dedup();
+                    return Ok(tags);
+                }
+            }
+        }
+        Err(RegistryError::BadManifest(format!(
+            "the tag list has more than {MAX_TAG_PAGES} pages"
+        )))
     }
 
     /// The manifest at `digest`, refused unless its bytes hash to `digest`.
@@ -263,6 +290,44 @@ impl Registry {
         }
         Ok((body, header))
     }
+}
+
+/// Tags asked for per page; registries may send fewer and say so with a `Link` header.
+const TAGS_PAGE: usize = 1000;
+const MAX_TAG_PAGES: usize = 1000;
+const MAX_TAGS_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(serde::Deserialize)]
+struct TagPage {
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+}
+
+/// The `rel="next"` target of a `Link` header, as a URL on the same registry host. An absolute
+/// URL to another host is not followed: our credentials would go with it.
+fn next_page(headers: &reqwest::header::HeaderMap, scheme: &str, endpoint: &str) -> Option<String> {
+    let link = headers.get(reqwest::header::LINK)?.to_str().ok()?;
+    let target = link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| {
+                let p = p.trim().replace(' ', "");
+                p == "rel=\"next\"" || p == "rel=next"
+            })
+            .then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            })
+    })?;
+    if target.starts_with("/v2/") {
+        return Some(format!("{scheme}://{endpoint}{target}"));
+    }
+    let same_host = format!("{scheme}://{endpoint}/v2/");
+    target.starts_with(&same_host).then_some(target)
 }
 
 /// After a HEAD with this status, a GET can tell more (the registry's own error code in a body).
@@ -315,31 +380,6 @@ fn reqwest_client(
         })
 }
 
-/// Used to answer auth challenges (bearer tokens) and to list tags.
-fn oci_client(
-    config: &RegistryConfig,
-    certificates: Vec<Certificate>,
-) -> Result<Client, RegistryError> {
-    let client_config = ClientConfig {
-        protocol: match config.transport {
-            Transport::Http => ClientProtocol::Http,
-            Transport::Https => ClientProtocol::Https,
-        },
-        extra_root_certificates: certificates,
-        platform_resolver: Some(Box::new(linux_amd64_or_only)),
-        connect_timeout: Some(config.connect_timeout),
-        read_timeout: Some(config.read_timeout),
-        user_agent: USER_AGENT,
-        ..ClientConfig::default()
-    };
-    Client::try_from(client_config).map_err(|e| match e {
-        oci_client::errors::OciDistributionError::RequestError(_) if config.ca_pem.is_some() => {
-            RegistryError::BadCa("the certificate cannot be used as a trust root")
-        }
-        other => RegistryError::Oci(other),
-    })
-}
-
 const USER_AGENT: &str = concat!("mpo-operator/", env!("CARGO_PKG_VERSION"));
 
 fn to_image_manifest(layers: &[OciDescriptor]) -> Result<ImageManifest, RegistryError> {
@@ -384,16 +424,6 @@ fn linux_amd64_or_only(entries: &[ImageIndexEntry]) -> Option<String> {
     oci_client::client::linux_amd64_resolver(entries)
 }
 
-fn to_auth(credentials: &RegistryCredentials) -> RegistryAuth {
-    match credentials {
-        RegistryCredentials::Anonymous => RegistryAuth::Anonymous,
-        RegistryCredentials::Basic { username, password } => {
-            RegistryAuth::Basic(username.clone(), password.clone())
-        }
-        RegistryCredentials::Bearer(token) => RegistryAuth::Bearer(token.clone()),
-    }
-}
-
 /// Splits a PEM bundle into certificates; each is added to the system roots for this source only.
 fn parse_ca(pem: Option<&str>) -> Result<Vec<Certificate>, RegistryError> {
     const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
@@ -435,6 +465,38 @@ fn validate_pem_body(body: &str) -> Result<(), RegistryError> {
 
 #[cfg(test)]
 mod tests {
+    fn link(value: &str) -> reqwest::header::HeaderMap {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::LINK,
+            reqwest::header::HeaderValue::from_str(value).expect("header"),
+        );
+        headers
+    }
+
+    #[test]
+    fn tag_pages_follow_next_links_on_the_same_host_only() {
+        let next = next_page(
+            &link(r#"</v2/mods/tags/list?last=b&n=2>; rel="next""#),
+            "https",
+            "r.example:5000",
+        );
+        assert_eq!(
+            next.as_deref(),
+            Some("https://r.example:5000/v2/mods/tags/list?last=b&n=2")
+        );
+        let absolute = link(r#"<https://r.example:5000/v2/mods/tags/list?last=c>; rel=next"#);
+        assert!(next_page(&absolute, "https", "r.example:5000").is_some());
+        let elsewhere = link(r#"<https://evil.example/v2/x/tags/list>; rel="next""#);
+        assert_eq!(next_page(&elsewhere, "https", "r.example:5000"), None);
+        let prev_only = link(r#"</v2/mods/tags/list?last=a>; rel="prev""#);
+        assert_eq!(next_page(&prev_only, "https", "r.example:5000"), None);
+        assert_eq!(
+            next_page(&reqwest::header::HeaderMap::new(), "https", "r"),
+            None
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -7,7 +7,16 @@ use std::fmt;
 #[derive(Clone, PartialEq, Eq)]
 pub enum RegistryCredentials {
     Anonymous,
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
+    /// A dockerCfg `identitytoken`: an OAuth2 refresh token for the registry's token server.
+    IdentityToken {
+        username: Option<String>,
+        token: String,
+    },
+    /// A dockerCfg `registrytoken`: the bearer token itself.
     Bearer(String),
 }
 
@@ -16,6 +25,10 @@ impl fmt::Debug for RegistryCredentials {
         match self {
             Self::Anonymous => f.write_str("Anonymous"),
             Self::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
+            Self::IdentityToken { username, .. } => match username {
+                Some(username) => write!(f, "IdentityToken({username}, <redacted>)"),
+                None => f.write_str("IdentityToken(<redacted>)"),
+            },
             Self::Bearer(_) => f.write_str("Bearer(<redacted>)"),
         }
     }

@@ -54,6 +54,16 @@ pub enum RegistryError {
         expected: crate::Digest,
         actual: String,
     },
+    /// The token server (the realm of a bearer challenge) answered with an error status.
+    #[error("{}", token_server_message(*.status))]
+    TokenServer {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("bad token from the token server: {0}")]
+    BadToken(&'static str),
+    #[error("the registry's token realm is plain HTTP; credentials are only sent over HTTPS")]
+    InsecureRealm,
     #[error("unsupported layer media type {0:?}")]
     UnsupportedMediaType(String),
     #[error("image index has no linux/amd64 manifest")]
@@ -111,6 +121,7 @@ impl RegistryError {
                         .as_ref()
                         .is_some_and(|c| *c.base() == RegistryCode::TooManyRequests)
             }
+            Self::TokenServer { status, .. } => status_is_transient(*status),
             Self::Transport { .. } | Self::Timeout(_) | Self::Stalled(_) => true,
             Self::Oci(err) => describe(err).1,
             _ => false,
@@ -120,7 +131,9 @@ impl RegistryError {
     /// How long the registry asked us to stay away (`Retry-After`), capped at [`MAX_RETRY_AFTER`].
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Status { retry_after, .. } => *retry_after,
+            Self::Status { retry_after, .. } | Self::TokenServer { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }
@@ -221,6 +234,15 @@ fn status_is_transient(status: u16) -> bool {
     matches!(status, 408 | 429) || status >= 500
 }
 
+fn token_server_message(status: u16) -> String {
+    match status {
+        401 | 403 => "unauthorized: the token server refused the credentials".into(),
+        429 => "the token server is rate limiting (HTTP 429)".into(),
+        c if status_is_transient(c) => format!("token server error (HTTP {c})"),
+        c => format!("the token server answered HTTP {c}"),
+    }
+}
+
 fn status_message(status: u16, code: Option<&RegistryCode>) -> String {
     match code {
         Some(code) => code.to_string(),
@@ -229,7 +251,7 @@ fn status_message(status: u16, code: Option<&RegistryCode>) -> String {
 }
 
 /// `Retry-After` is either delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
-fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(super) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     let wait = match value.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),

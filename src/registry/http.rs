@@ -1,36 +1,32 @@
-//! The requests of the MPO path (manifest HEAD/GET, blob GET), sent with reqwest so that the
-//! response headers stay visible: oci-client drops them, and with them `Retry-After`. oci-client
-//! still does what it is good at: answering an auth challenge with a bearer token or basic
-//! credentials. The `Authorization` that worked is kept per repository, so an idle check is one
-//! request.
+//! Every request to a registry (manifest HEAD/GET, blob GET, tag listing), sent with reqwest so
+//! that the response headers stay visible (`Retry-After`, `WWW-Authenticate`, `Link`). A 401 is
+//! answered from its own challenge ([`super::auth`]); the `Authorization` that worked is kept
+//! per repository, so an idle check is one request.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use base64::Engine as _;
-use oci_client::{Client, RegistryOperation, secrets::RegistryAuth};
 use reqwest::{
     Method, Response, StatusCode,
     header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue},
 };
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{ModuleRef, RegistryError, RequestObserver, limits};
+use super::{
+    ModuleRef, RegistryCredentials, RegistryError, RequestObserver,
+    auth::{self, Authorizations, Challenge},
+    limits,
+};
 
 /// Error bodies are read only this far: they are for the message, not for storing.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 pub(super) struct Http {
     pub(super) client: reqwest::Client,
-    pub(super) oci: Client,
-    pub(super) auth: RegistryAuth,
+    pub(super) credentials: RegistryCredentials,
     pub(super) scheme: &'static str,
     pub(super) request_timeout: Duration,
     /// repository → the `Authorization` the registry last accepted (or asked for).
-    pub(super) authorization: Mutex<HashMap<String, HeaderValue>>,
+    pub(super) authorizations: Authorizations,
     pub(super) observer: Option<Arc<dyn RequestObserver>>,
 }
 
@@ -43,11 +39,20 @@ pub(super) struct Exchange {
 impl Http {
     /// `<scheme>://<host>/v2/<repository>/<kind>/<reference>`
     pub(super) fn url(&self, image: &ModuleRef, kind: &str, reference: &str) -> String {
+        self.url_of(&image.endpoint(), &image.repository(), kind, reference)
+    }
+
+    /// `<scheme>://<endpoint>/v2/<repository>/<kind>/<reference>`
+    pub(super) fn url_of(
+        &self,
+        endpoint: &str,
+        repository: &str,
+        kind: &str,
+        reference: &str,
+    ) -> String {
         format!(
-            "{}://{}/v2/{}/{kind}/{reference}",
-            self.scheme,
-            image.endpoint(),
-            image.repository()
+            "{}://{endpoint}/v2/{repository}/{kind}/{reference}",
+            self.scheme
         )
     }
 
@@ -60,9 +65,22 @@ impl Http {
         url: &str,
         accept: &str,
     ) -> Result<Exchange, RegistryError> {
-        let permit = limits::acquire(&image.endpoint()).await;
+        self.exchange_at(method, &image.endpoint(), &image.repository(), url, accept)
+            .await
+    }
+
+    /// [`Self::exchange`] for any repository of the host `endpoint`.
+    pub(super) async fn exchange_at(
+        &self,
+        method: Method,
+        endpoint: &str,
+        repository: &str,
+        url: &str,
+        accept: &str,
+    ) -> Result<Exchange, RegistryError> {
+        let permit = limits::acquire(endpoint).await;
         let response = self
-            .bounded(self.send_authorized(method, image, url, accept))
+            .bounded(self.send_authorized(method, repository, url, accept))
             .await??;
         Ok(Exchange { response, permit })
     }
@@ -88,32 +106,44 @@ impl Http {
             .map_err(|_| RegistryError::Timeout(self.request_timeout))
     }
 
-    /// Sends with the remembered `Authorization`; on 401 asks oci-client for a fresh one (a new
-    /// bearer token, or basic credentials when the registry wants those) and resends once.
+    /// Sends with the kept `Authorization`; on 401 answers that response's own challenge (a new
+    /// bearer token for this repository, or basic credentials) and resends once.
     async fn send_authorized(
         &self,
         method: Method,
-        image: &ModuleRef,
+        repository: &str,
         url: &str,
         accept: &str,
     ) -> Result<Response, RegistryError> {
-        let repository = image.repository();
-        let remembered = self.remembered(&repository);
+        let kept = self.authorizations.current(repository);
         let response = self
-            .send(method.clone(), url, accept, remembered.as_ref())
+            .send(method.clone(), url, accept, kept.as_ref())
             .await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        let Some(fresh) = self.authorize(image).await? else {
+        let Some(challenge) = Challenge::from_headers(response.headers()) else {
             return Ok(response);
         };
-        if remembered.as_ref() == Some(&fresh) {
+        let https = self.scheme == "https";
+        let Some(fresh) = auth::authorize(
+            &self.client,
+            &self.credentials,
+            &challenge,
+            repository,
+            https,
+        )
+        .await?
+        else {
+            return Ok(response);
+        };
+        if kept.as_ref() == Some(&fresh.header) {
             // The same credentials were just refused; asking again would only repeat that.
             return Ok(response);
         }
-        self.remember(repository, fresh.clone());
-        self.send(method, url, accept, Some(&fresh)).await
+        let header = fresh.header.clone();
+        self.authorizations.keep(repository.to_owned(), fresh);
+        self.send(method, url, accept, Some(&header)).await
     }
 
     async fn send(
@@ -135,46 +165,6 @@ impl Http {
             observer.request(&label, status, started.elapsed());
         }
         result.map_err(RegistryError::transport)
-    }
-
-    /// What to send after a 401: `None` when we have nothing better than what was refused.
-    async fn authorize(&self, image: &ModuleRef) -> Result<Option<HeaderValue>, RegistryError> {
-        let token = self
-            .oci
-            .auth(&image.by_tag(), &self.auth, RegistryOperation::Pull)
-            .await?;
-        let value = match (token, &self.auth) {
-            (Some(token), _) => format!("Bearer {token}"),
-            (None, RegistryAuth::Basic(user, password)) => {
-                let pair = format!("{user}:{password}");
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                )
-            }
-            (None, _) => return Ok(None),
-        };
-        let mut header = HeaderValue::from_str(&value).map_err(|_| {
-            RegistryError::Client("the registry's token is not a valid header value")
-        })?;
-        // Keeps it out of any Debug output of requests and headers.
-        header.set_sensitive(true);
-        Ok(Some(header))
-    }
-
-    fn remembered(&self, repository: &str) -> Option<HeaderValue> {
-        self.authorization
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(repository)
-            .cloned()
-    }
-
-    fn remember(&self, repository: String, value: HeaderValue) {
-        self.authorization
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(repository, value);
     }
 }
 

@@ -7,6 +7,7 @@
 //! whether they are transient and carry the registry's `Retry-After`, so the caller can wait
 //! as long as the registry asked.
 
+mod auth;
 mod client;
 mod credentials;
 mod error;

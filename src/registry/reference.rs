@@ -59,6 +59,16 @@ impl RepoName {
         }
     }
 
+    /// The root repository's path, whose tags are the module names.
+    pub(super) fn root_repository(&self) -> &str {
+        &self.path
+    }
+
+    /// The host requests go to, as for module images (see [`ModuleRef::endpoint`]).
+    pub(super) fn endpoint(&self) -> String {
+        self.root_reference().resolve_registry().to_owned()
+    }
+
     /// The root repository, whose tags are the module names.
     pub fn root_reference(&self) -> Reference {
         Reference::with_tag(self.host.clone(), self.path.clone(), "latest".into())
@@ -116,7 +126,7 @@ impl ModuleRef {
     }
 
     /// The host the requests go to (`docker.io` is served by `index.docker.io`), as oci-client
-    /// resolves it, so that tokens it fetches match the host we send them to.
+    /// resolves it.
     pub(super) fn endpoint(&self) -> String {
         self.by_tag().resolve_registry().to_owned()
     }
