@@ -27,6 +27,8 @@
 mod layers;
 #[path = "../tests/support/registry.rs"]
 mod registry;
+#[path = "../tests/support/token_server.rs"]
+mod token_server;
 
 use std::{
     env,

@@ -14,6 +14,8 @@ mod images;
 mod layers;
 #[path = "../tests/support/registry.rs"]
 mod registry;
+#[path = "../tests/support/token_server.rs"]
+mod token_server;
 
 use std::{
     fs,

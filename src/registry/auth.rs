@@ -134,25 +134,45 @@ struct Kept {
     header: HeaderValue,
     /// When a token should be renewed; `None` for basic credentials and registry tokens.
     renew_at: Option<Instant>,
+    /// The challenge it answered, to renew the token without another 401 first.
+    challenge: Challenge,
+}
+
+/// What to send to a repository.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Known {
+    /// Nothing known yet: send without, and answer the 401's challenge.
+    Nothing,
+    Valid(HeaderValue),
+    /// A token due for renewal, and the challenge to renew it with.
+    Renew(Challenge),
 }
 
 impl Authorizations {
-    /// The kept `Authorization` for `repository`, unless its token is due for renewal.
-    pub(super) fn current(&self, repository: &str) -> Option<HeaderValue> {
-        let kept = self.lock().get(repository)?.clone();
+    /// The kept `Authorization` for `repository`, or the challenge to renew its token with.
+    pub(super) fn current(&self, repository: &str) -> Known {
+        let Some(kept) = self.lock().get(repository).cloned() else {
+            return Known::Nothing;
+        };
         match kept.renew_at {
-            Some(at) if Instant::now() >= at => None,
-            _ => Some(kept.header),
+            Some(at) if Instant::now() >= at => Known::Renew(kept.challenge),
+            _ => Known::Valid(kept.header),
         }
     }
 
-    pub(super) fn keep(&self, repository: String, authorization: Authorization) {
+    pub(super) fn keep(
+        &self,
+        repository: String,
+        authorization: Authorization,
+        challenge: Challenge,
+    ) {
         let renew_at = authorization
             .lifetime
             .map(|life| Instant::now() + life * RENEW_AT_LIFETIME_PERCENT / 100);
         let kept = Kept {
             header: authorization.header,
             renew_at,
+            challenge,
         };
         self.lock().insert(repository, kept);
     }
@@ -396,23 +416,34 @@ mod tests {
     fn a_token_is_kept_until_most_of_its_lifetime_has_passed() {
         let kept = Authorizations::default();
         let header = HeaderValue::from_static("Bearer t");
+        let challenge = Challenge::Bearer {
+            realm: "r".into(),
+            service: None,
+            scope: None,
+        };
         kept.keep(
             "a".into(),
             Authorization {
                 header: header.clone(),
                 lifetime: Some(Duration::from_secs(3600)),
             },
+            challenge.clone(),
         );
-        assert_eq!(kept.current("a"), Some(header.clone()));
+        assert_eq!(kept.current("a"), Known::Valid(header.clone()));
         kept.keep(
             "b".into(),
             Authorization {
                 header,
                 lifetime: Some(Duration::ZERO),
             },
+            challenge.clone(),
         );
-        assert_eq!(kept.current("b"), None, "due for renewal");
-        assert_eq!(kept.current("c"), None);
+        assert_eq!(
+            kept.current("b"),
+            Known::Renew(challenge),
+            "due for renewal"
+        );
+        assert_eq!(kept.current("c"), Known::Nothing);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{
     ModuleRef, RegistryCredentials, RegistryError, RequestObserver,
-    auth::{self, Authorizations, Challenge},
+    auth::{self, Authorizations, Challenge, Known},
     limits,
 };
 
@@ -115,7 +115,12 @@ impl Http {
         url: &str,
         accept: &str,
     ) -> Result<Response, RegistryError> {
-        let kept = self.authorizations.current(repository);
+        let kept = match self.authorizations.current(repository) {
+            Known::Nothing => None,
+            Known::Valid(header) => Some(header),
+            // Renewed before it expires, from the challenge it answered: no 401 round trip.
+            Known::Renew(challenge) => self.answer(&challenge, repository).await?,
+        };
         let response = self
             .send(method.clone(), url, accept, kept.as_ref())
             .await?;
@@ -125,25 +130,38 @@ impl Http {
         let Some(challenge) = Challenge::from_headers(response.headers()) else {
             return Ok(response);
         };
+        let Some(fresh) = self.answer(&challenge, repository).await? else {
+            return Ok(response);
+        };
+        if kept.as_ref() == Some(&fresh) {
+            // The same credentials were just refused; asking again would only repeat that.
+            return Ok(response);
+        }
+        self.send(method, url, accept, Some(&fresh)).await
+    }
+
+    /// Answers `challenge` for `repository` and keeps the result for the next requests.
+    async fn answer(
+        &self,
+        challenge: &Challenge,
+        repository: &str,
+    ) -> Result<Option<HeaderValue>, RegistryError> {
         let https = self.scheme == "https";
         let Some(fresh) = auth::authorize(
             &self.client,
             &self.credentials,
-            &challenge,
+            challenge,
             repository,
             https,
         )
         .await?
         else {
-            return Ok(response);
+            return Ok(None);
         };
-        if kept.as_ref() == Some(&fresh.header) {
-            // The same credentials were just refused; asking again would only repeat that.
-            return Ok(response);
-        }
         let header = fresh.header.clone();
-        self.authorizations.keep(repository.to_owned(), fresh);
-        self.send(method, url, accept, Some(&header)).await
+        self.authorizations
+            .keep(repository.to_owned(), fresh, challenge.clone());
+        Ok(Some(header))
     }
 
     async fn send(

@@ -34,6 +34,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+
+use super::token_server::TokenServer;
 use base64::Engine as _;
 
 /// The user of the htpasswd variants.
@@ -53,12 +55,18 @@ pub enum RegistryKind {
     Htpasswd,
     Tls,
     TlsHtpasswd,
+    /// `auth: token` with the harness's [`TokenServer`] (plain HTTP, as the realm is).
+    Token,
 }
 
 impl RegistryKind {
     pub const ALL: [RegistryKind; 4] = [Self::Plain, Self::Htpasswd, Self::Tls, Self::TlsHtpasswd];
 
     pub fn has_auth(self) -> bool {
+        matches!(self, Self::Htpasswd | Self::TlsHtpasswd | Self::Token)
+    }
+
+    fn has_htpasswd(self) -> bool {
         matches!(self, Self::Htpasswd | Self::TlsHtpasswd)
     }
 
@@ -74,6 +82,8 @@ pub struct LoggedRequest {
     /// The request URI as sent, e.g. `/v2/mods/echo/manifests/v1` (with the query string, if any).
     pub uri: String,
     pub status: u16,
+    /// The `User-Agent` (the operator's starts with `mpo-operator/`).
+    pub agent: String,
 }
 
 pub struct TestRegistry {
@@ -85,6 +95,7 @@ pub struct TestRegistry {
     password: Option<String>,
     ca_pem: Option<String>,
     ca_file: Option<PathBuf>,
+    token_server: Option<TokenServer>,
     running: Option<Running>,
 }
 
@@ -115,10 +126,18 @@ impl TestRegistry {
 
         let password = if kind.has_auth() {
             let password = random_hex(16)?;
-            write_htpasswd(&dir.path().join("htpasswd"), USER, &password)?;
+            if kind.has_htpasswd() {
+                write_htpasswd(&dir.path().join("htpasswd"), USER, &password)?;
+            }
             Some(password)
         } else {
             None
+        };
+        let token_server = match (kind, &password) {
+            (RegistryKind::Token, Some(password)) => {
+                Some(TokenServer::start(dir.path(), USER, password)?)
+            }
+            _ => None,
         };
         let (ca_pem, ca_file) = if kind.has_tls() {
             let ca_file = make_tls_material(dir.path())?;
@@ -138,6 +157,7 @@ impl TestRegistry {
             password,
             ca_pem,
             ca_file,
+            token_server,
             running: None,
         };
         for _ in 0..PORT_ATTEMPTS {
@@ -158,6 +178,11 @@ impl TestRegistry {
 
     pub fn kind(&self) -> RegistryKind {
         self.kind
+    }
+
+    /// The token server of a [`RegistryKind::Token`] registry.
+    pub fn token_server(&self) -> Option<&TokenServer> {
+        self.token_server.as_ref()
     }
 
     /// `127.0.0.1:PORT`, as it appears in references and in dockerCfg `auths` keys.
@@ -316,11 +341,14 @@ impl TestRegistry {
                 dir.join("tls.key").display()
             ));
         }
-        if self.kind.has_auth() {
+        if self.kind.has_htpasswd() {
             yaml.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: test-registry\n    path: {}\n",
                 dir.join("htpasswd").display()
             ));
+        }
+        if let Some(server) = &self.token_server {
+            yaml.push_str(&super::token_server::registry_auth_yaml(server));
         }
         let path = self.config_path();
         fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))
@@ -583,10 +611,18 @@ fn parse_access_line(line: &str) -> Option<LoggedRequest> {
         return None;
     }
     let status = rest.split_whitespace().next()?.parse().ok()?;
+    // `… 401 146 "<referer>" "<user agent>"`: the last quoted field.
+    let agent = rest
+        .trim_end()
+        .strip_suffix('"')
+        .and_then(|r| r.rsplit_once('"'))
+        .map(|(_, agent)| agent.to_string())
+        .unwrap_or_default();
     Some(LoggedRequest {
         method: method.to_string(),
         uri: uri.to_string(),
         status,
+        agent,
     })
 }
 

@@ -315,5 +315,6 @@ pub fn kind_name(kind: RegistryKind) -> &'static str {
         RegistryKind::Htpasswd => "htpasswd",
         RegistryKind::Tls => "tls",
         RegistryKind::TlsHtpasswd => "tls-htpasswd",
+        RegistryKind::Token => "token",
     }
 }
