@@ -54,6 +54,14 @@ pub enum Fault {
     Stall,
     /// Forward, sending the body at about this many bytes per second.
     Slow(usize),
+    /// Forward, but drop this response header (e.g. `docker-content-digest` from a HEAD).
+    DropHeader(String),
+    /// Answer `307 Temporary Redirect` to `<base><path and query>`, as S3/GCS-backed registries
+    /// send blobs elsewhere; the registry is not asked.
+    RedirectTo(String),
+    /// A tag list in pages of this many tags, with `Link: <…?last=…&n=…>; rel="next"` headers,
+    /// as registries that page (distribution 2.8 ignores `n` without a catalog limit).
+    PageTags(usize),
 }
 
 impl Fault {
@@ -84,6 +92,8 @@ pub struct Seen {
     /// The status sent (502 when the registry could not be reached).
     pub status: u16,
     pub fault: Option<Fault>,
+    /// Whether the request carried an `Authorization` header.
+    pub authorization: bool,
 }
 
 impl Seen {
@@ -104,6 +114,8 @@ struct Rule {
 
 struct Shared {
     upstream: String,
+    /// Sent upstream instead of the client's `Authorization`, as a pre-signed URL grants access.
+    inject_authorization: Mutex<Option<HeaderValue>>,
     client: reqwest::Client,
     rules: Mutex<Vec<Rule>>,
     seen: Mutex<Vec<Seen>>,
@@ -136,6 +148,7 @@ impl FaultProxy {
         let port = listener.local_addr().expect("proxy address").port();
         let shared = Arc::new(Shared {
             upstream: registry.host().to_owned(),
+            inject_authorization: Mutex::default(),
             client: reqwest::Client::builder()
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
@@ -166,6 +179,16 @@ impl FaultProxy {
             up: Some(up),
             thread: Some(thread),
         }
+    }
+
+    /// Forward every request with this `Authorization` (the registry's own credentials), whatever
+    /// the client sent: a stand-in for a storage host that needs no credentials of the client.
+    pub fn inject_authorization(&self, user: &str, password: &str) {
+        use base64::Engine as _;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let value = HeaderValue::from_str(&format!("Basic {encoded}")).expect("header value");
+        *lock(&self.shared.inject_authorization) = Some(value);
     }
 
     /// `127.0.0.1:PORT`, to use as the registry host of a ModuleSource.
@@ -382,12 +405,15 @@ async fn handle(
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
     let fault = shared.fault_for(&method, &path);
-    let tracker = Tracker::new(shared.clone(), &method, &path, fault.clone());
+    let authorization = request.headers().contains_key(header::AUTHORIZATION);
+    let tracker = Tracker::new(shared.clone(), &method, &path, fault.clone(), authorization);
     let (status, headers, body) = match &fault {
         Some(Fault::Status { code, retry_after }) => {
             let (headers, body) = error_response(*code, *retry_after);
             (*code, headers, body)
         }
+        Some(Fault::RedirectTo(base)) => redirect_response(&format!("{base}{path}")),
+        Some(Fault::PageTags(size)) => page_of_tags(&shared, request, &path, *size).await,
         _ => forward(&shared, request, fault.as_ref(), conn).await,
     };
     tracker.set_status(status);
@@ -417,10 +443,15 @@ async fn forward(
         parts.uri.path_and_query().map_or("/", |p| p.as_str())
     );
     let mut upstream = shared.client.request(parts.method, url);
+    let injected = lock(&shared.inject_authorization).clone();
     for (name, value) in &parts.headers {
-        if !hop_by_hop(name) && name != header::HOST {
+        let replaced = injected.is_some() && name == header::AUTHORIZATION;
+        if !hop_by_hop(name) && name != header::HOST && !replaced {
             upstream = upstream.header(name, value);
         }
+    }
+    if let Some(value) = injected {
+        upstream = upstream.header(header::AUTHORIZATION, value);
     }
     let body = body
         .collect()
@@ -432,9 +463,13 @@ async fn forward(
         Err(_) => return (502, HeaderMap::new(), futures::stream::empty().boxed()),
     };
     let status = response.status().as_u16();
+    let dropped = match fault {
+        Some(Fault::DropHeader(name)) => Some(name.to_ascii_lowercase()),
+        _ => None,
+    };
     let mut headers = HeaderMap::new();
     for (name, value) in response.headers() {
-        if !hop_by_hop(name) {
+        if !hop_by_hop(name) && dropped.as_deref() != Some(name.as_str()) {
             headers.append(name, value.clone());
         }
     }
@@ -447,7 +482,7 @@ fn apply_body_fault(body: BodyStream, fault: Option<&Fault>, conn: Conn) -> Body
         Some(Fault::ResetAfter(bytes)) => reset_after(body, *bytes, conn.reset),
         Some(Fault::Stall) => stall_until_the_client_leaves(conn.watch),
         Some(Fault::Slow(bytes_per_second)) => throttle(body, *bytes_per_second),
-        Some(Fault::Status { .. }) | None => body,
+        _ => body,
     }
 }
 
@@ -518,6 +553,69 @@ fn throttle(body: BodyStream, bytes_per_second: usize) -> BodyStream {
     .boxed()
 }
 
+fn redirect_response(location: &str) -> (u16, HeaderMap, BodyStream) {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(location) {
+        headers.insert(header::LOCATION, value);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    (307, headers, futures::stream::empty().boxed())
+}
+
+/// The whole tag list from upstream, cut into the page after `last`, with a `Link` to the next.
+async fn page_of_tags(
+    shared: &Shared,
+    request: Request<Incoming>,
+    path: &str,
+    size: usize,
+) -> (u16, HeaderMap, BodyStream) {
+    let (base, query) = path.split_once('?').unwrap_or((path, ""));
+    let last = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("last="))
+        .map(str::to_owned);
+    let mut upstream = shared
+        .client
+        .get(format!("http://{}{base}", shared.upstream));
+    if let Some(value) = request.headers().get(header::AUTHORIZATION) {
+        upstream = upstream.header(header::AUTHORIZATION, value);
+    }
+    let Ok(response) = upstream.send().await else {
+        return (502, HeaderMap::new(), futures::stream::empty().boxed());
+    };
+    let status = response.status().as_u16();
+    let full: serde_json::Value = response.json().await.unwrap_or_default();
+    if status != 200 {
+        return (status, HeaderMap::new(), futures::stream::empty().boxed());
+    }
+    let mut tags: Vec<String> = full["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+    tags.sort();
+    let start = last.map_or(0, |last| tags.partition_point(|t| *t <= last));
+    let page: Vec<String> = tags.iter().skip(start).take(size).cloned().collect();
+    let mut headers = HeaderMap::new();
+    if start + page.len() < tags.len()
+        && let Some(last) = page.last()
+    {
+        let link = format!("<{base}?n={size}&last={last}>; rel=\"next\"");
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            headers.insert(header::LINK, value);
+        }
+    }
+    let body = serde_json::json!({ "name": full["name"], "tags": page }).to_string();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let body = futures::stream::once(async move { Ok(Bytes::from(body)) }).boxed();
+    (200, headers, body)
+}
+
 /// An error as distribution would send it: an OCI error envelope and, for 429, `Retry-After`.
 fn error_response(code: u16, retry_after: Option<u64>) -> (HeaderMap, BodyStream) {
     let error_code = if code == 429 {
@@ -564,7 +662,13 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn new(shared: Arc<Shared>, method: &str, path: &str, fault: Option<Fault>) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        method: &str,
+        path: &str,
+        fault: Option<Fault>,
+        authorization: bool,
+    ) -> Self {
         let index = {
             let mut seen = lock(&shared.seen);
             seen.push(Seen {
@@ -574,6 +678,7 @@ impl Tracker {
                 done: None,
                 status: 0,
                 fault,
+                authorization,
             });
             seen.len() - 1
         };

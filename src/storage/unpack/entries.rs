@@ -1,6 +1,6 @@
 //! Creating what an entry describes: files, directories, symlinks, hard links.
 
-use super::paths::{DirMayGo, raw_path, safe_relative_path};
+use super::paths::{raw_path, safe_relative_path};
 use super::*;
 
 impl Staging {
@@ -53,7 +53,7 @@ impl Staging {
         self.ensure_room_for(size, rel)?;
         let mode = entry_mode(entry, rel)?;
         self.prepare_parents(rel)?;
-        self.make_room(rel, DirMayGo::Yes)?;
+        self.make_room(rel)?;
         let full = self.path.join(rel);
         // create_new: never open through something that might still be there.
         let mut file = fs::OpenOptions::new()
@@ -160,7 +160,7 @@ impl Staging {
             let reason = format!("symlink target {target:?} leaves the module root");
             return Err(StorageError::unsafe_entry(rel, reason));
         }
-        self.make_room(rel, DirMayGo::No)?;
+        self.make_room(rel)?;
         let full = self.path.join(rel);
         symlink(&target, &full).map_err(StorageError::write(&full))?;
         self.forget_modes(rel);
@@ -198,7 +198,7 @@ impl Staging {
             return Ok(());
         }
         self.prepare_parents(rel)?;
-        self.make_room(rel, DirMayGo::Yes)?;
+        self.make_room(rel)?;
         let full = self.path.join(rel);
         fs::hard_link(self.path.join(&target), &full).map_err(StorageError::write(&full))?;
         // Both names share one inode, so they share its final mode too.

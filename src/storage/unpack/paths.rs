@@ -51,17 +51,12 @@ impl Staging {
     }
 
     /// Makes room for a file, symlink or hard link at `rel`: a later entry replaces an earlier
-    /// one. A directory may give way to a file or hard link, never to a symlink.
-    pub(super) fn make_room(
-        &mut self,
-        rel: &Path,
-        dir_may_go: DirMayGo,
-    ) -> Result<(), StorageError> {
+    /// one, a directory with its whole subtree. A directory may give way to a symlink too, as
+    /// container runtimes allow: the symlink's target was checked to stay inside the root, and
+    /// nothing can be written through it later (parents must be real directories).
+    pub(super) fn make_room(&mut self, rel: &Path) -> Result<(), StorageError> {
         let full = self.path.join(rel);
         match full.symlink_metadata() {
-            Ok(meta) if meta.is_dir() && dir_may_go == DirMayGo::No => Err(
-                StorageError::unsafe_entry(rel, "a directory cannot be replaced by a symlink"),
-            ),
             Ok(_) => self.remove(rel),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(err) => Err(StorageError::write(&full)(err)),
@@ -89,12 +84,6 @@ impl Staging {
             self.modes.remove(&path);
         }
     }
-}
-
-#[derive(PartialEq, Eq)]
-pub(super) enum DirMayGo {
-    Yes,
-    No,
 }
 
 /// The entry name as a relative path of plain components, or why it is refused.
@@ -216,17 +205,38 @@ mod tests {
     }
 
     #[test]
-    fn refuses_replacing_a_directory_with_a_symlink() {
-        assert_refused(
-            &[TarLayer::new().dir("d").symlink("d", "e").tar()],
-            "a directory cannot be replaced by a symlink",
+    fn a_directory_may_become_a_symlink_inside_the_root_only() {
+        // As containerd applies layers: the directory and its subtree give way.
+        let fixture = Fixture::new();
+        let staging = fixture
+            .unpack(
+                MODULE,
+                &[
+                    TarLayer::new().file("d/f", b"x").file("e/g", b"y").tar(),
+                    TarLayer::new().symlink("d", "e").tar(),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            fs::read_link(staging.path().join("d")).unwrap(),
+            Path::new("e")
         );
+        assert_eq!(fs::read(staging.path().join("d/g")).unwrap(), b"y");
         assert_refused(
             &[
                 TarLayer::new().file("d/f", b"").tar(),
-                TarLayer::new().symlink("d", ".").tar(),
+                TarLayer::new().symlink("d", "../..").tar(),
             ],
-            "cannot be replaced",
+            "leaves the module root",
+        );
+        // Nothing is written through it afterwards.
+        assert_refused(
+            &[TarLayer::new()
+                .dir("d")
+                .symlink("d", ".")
+                .file("d/f", b"")
+                .tar()],
+            r#"parent "d" is a symlink"#,
         );
     }
 
