@@ -112,6 +112,7 @@ async fn pull(host: &str, module: &str, digest: &str, store_dir: &Path) -> Resul
         credentials: RegistryCredentials::Anonymous,
         connect_timeout: Duration::from_secs(10),
         read_timeout: Duration::from_secs(60),
+        min_download_rate: 64 * 1024,
     })?;
     let image = ModuleRef::new(repo, module, TAG)?;
     let digest: Digest = digest.parse().context("parsing the manifest digest")?;

@@ -95,6 +95,12 @@ pub struct Settings {
     /// Timeout for one registry request without progress (a stalled body fails after this).
     #[arg(long, env = "MPO_REGISTRY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub registry_read_timeout: Duration,
+
+    /// Slowest download accepted, in bytes per second: a blob must arrive within the read
+    /// timeout plus its size at this rate, so that a trickling body cannot hold a worker and a
+    /// registry slot for ever. 0: no such deadline.
+    #[arg(long, env = "MPO_MIN_DOWNLOAD_RATE", default_value_t = 64 * 1024)]
+    pub min_download_rate: u64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -36,6 +36,7 @@ fn client_config(reg: &TestRegistry, docker_cfg: &str, with_ca: bool) -> Registr
         credentials,
         connect_timeout: Duration::from_secs(5),
         read_timeout: Duration::from_secs(10),
+        min_download_rate: 64 * 1024,
     }
 }
 

@@ -435,7 +435,11 @@ fn finished(proxy: &FaultProxy, path: &str) -> Vec<Seen> {
 async fn a_slow_body_still_completes() {
     let _cluster = require_cluster!();
     // A short read timeout: a body that keeps trickling must not trip it.
-    let (mut s, proxy) = through_proxy("fault-slow", &["--registry-read-timeout=2s"]).await;
+    let (mut s, proxy) = through_proxy(
+        "fault-slow",
+        &["--registry-read-timeout=2s", "--min-download-rate=16384"],
+    )
+    .await;
     let module = format!("{}-m", s.id.0);
     proxy.fail("/blobs/", Fault::Slow(64 * 1024));
     let digest = s
@@ -482,4 +486,34 @@ async fn requests_to_one_registry_host_are_limited() {
         "{max} requests in flight to one host"
     );
     assert!(max >= 2, "the downloads did run in parallel: {max}");
+}
+
+#[tokio::test]
+async fn a_trickling_body_fails_at_its_deadline_and_names_the_setting() {
+    let _cluster = require_cluster!();
+    // 1 MiB at 64 KiB/s takes 16 s; at the minimum rate of 1 MiB/s it may take 2 s + ~1 s.
+    let (mut s, proxy) = through_proxy(
+        "fault-trickle",
+        &["--registry-read-timeout=2s", "--min-download-rate=1048576"],
+    )
+    .await;
+    let module = format!("{}-m", s.id.0);
+    proxy.fail("/blobs/", Fault::Slow(64 * 1024));
+    s.push(&module, "dev", &large_module(&module, 1 << 20))
+        .await;
+    s.apply_mpo(&module, "dev", "1m");
+    let mpo = s
+        .wait_for_message(&module, "--min-download-rate", WAIT)
+        .await;
+    let message = mpo["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("did not arrive within"), "{message}");
+    assert!(message.starts_with("cannot download "), "{message}");
+    let took: Vec<f64> = finished(&proxy, &blobs_of(&module))
+        .iter()
+        .filter_map(|r| r.done.map(|d| (d - r.at).as_secs_f64()))
+        .collect();
+    assert!(
+        !took.is_empty() && took.iter().all(|t| *t < 10.0),
+        "the trickle was cut at its deadline, not after 16 s: {took:.2?}"
+    );
 }

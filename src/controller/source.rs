@@ -87,6 +87,7 @@ pub fn registry_config(ctx: &Context, source: &ModuleSource) -> Result<RegistryC
         credentials,
         connect_timeout: ctx.settings.registry_connect_timeout,
         read_timeout: ctx.settings.registry_read_timeout,
+        min_download_rate: ctx.settings.min_download_rate,
     })
 }
 

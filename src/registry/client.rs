@@ -12,7 +12,7 @@ use super::RegistryCredentials;
 use super::{
     ModuleRef, RegistryError, RepoName, RequestObserver,
     http::{Http, SharedHttp, content_digest, read_body},
-    verify::{BodyFailure, Verified},
+    verify::{BodyFailure, Deadline, Verified},
 };
 use crate::Digest;
 
@@ -32,6 +32,8 @@ pub struct RegistryConfig {
     pub credentials: RegistryCredentials,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Bytes per second a blob must at least arrive at (after the read timeout); 0: no deadline.
+    pub min_download_rate: u64,
 }
 
 /// Layer media types the unpacker understands.
@@ -67,6 +69,7 @@ pub struct Registry {
     http: SharedHttp,
     repo: RepoName,
     read_timeout: Duration,
+    min_download_rate: u64,
 }
 
 const MANIFEST_MEDIA_TYPES: &[&str] = &[
@@ -113,6 +116,7 @@ impl Registry {
             http: Arc::new(http),
             repo: config.repo.clone(),
             read_timeout: config.read_timeout,
+            min_download_rate: config.min_download_rate,
         })
     }
 
@@ -193,8 +197,19 @@ impl Registry {
             self.read_timeout,
             exchange.permit,
             failure.clone(),
-        );
+        )
+        .with_deadline(self.blob_deadline(layer.size));
         Ok((StreamReader::new(body), failure))
+    }
+
+    /// How long a blob of `size` bytes may take: the read timeout plus its size at the minimum
+    /// rate (`--min-download-rate`).
+    fn blob_deadline(&self, size: u64) -> Option<Deadline> {
+        let rate = self.min_download_rate;
+        (rate > 0).then(|| Deadline {
+            allowed: self.read_timeout + Duration::from_secs(size.div_ceil(rate)),
+            min_rate: rate,
+        })
     }
 
     /// The tags of the root repository: the module names of the source. Follows the `Link`

@@ -47,6 +47,13 @@ pub enum RegistryError {
     /// A blob body stopped flowing for the read timeout.
     #[error("timed out: no data from the registry for {}", humantime::format_duration(*.0))]
     Stalled(Duration),
+    /// A blob body kept flowing, but too slowly to arrive within its deadline.
+    #[error("the blob of {size} bytes did not arrive within {} (minimum rate {min_rate} bytes/s, --min-download-rate)", humantime::format_duration(*.allowed))]
+    TooSlow {
+        size: u64,
+        allowed: Duration,
+        min_rate: u64,
+    },
     #[error("blob size mismatch: the manifest says {expected} bytes, the registry sent {} {seen}", if .seen > .expected { "more than" } else { "only" })]
     BlobSize { expected: u64, seen: u64 },
     #[error("digest mismatch: the manifest says {expected}, the bytes are sha256:{actual}")]
@@ -122,7 +129,9 @@ impl RegistryError {
                         .is_some_and(|c| *c.base() == RegistryCode::TooManyRequests)
             }
             Self::TokenServer { status, .. } => status_is_transient(*status),
-            Self::Transport { .. } | Self::Timeout(_) | Self::Stalled(_) => true,
+            Self::Transport { .. } | Self::Timeout(_) | Self::Stalled(_) | Self::TooSlow { .. } => {
+                true
+            }
             Self::Oci(err) => describe(err).1,
             _ => false,
         }

@@ -39,6 +39,13 @@ impl BodyFailure {
     }
 }
 
+/// How long a whole body may take, and the rate that allowance came from (for the message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Deadline {
+    pub(super) allowed: Duration,
+    pub(super) min_rate: u64,
+}
+
 pub(super) struct Verified<S> {
     inner: S,
     expected_digest: Digest,
@@ -50,6 +57,9 @@ pub(super) struct Verified<S> {
     /// Released as soon as the body ends or fails, even if the reader is kept around.
     permit: Option<OwnedSemaphorePermit>,
     failure: BodyFailure,
+    /// Fires when the whole body took longer than allowed, even if it never stalls for a read
+    /// timeout (a trickle).
+    deadline: Option<(Deadline, Pin<Box<tokio::time::Sleep>>)>,
     done: bool,
 }
 
@@ -71,8 +81,27 @@ impl<S> Verified<S> {
             read_timeout,
             permit,
             failure,
+            deadline: None,
             done: false,
         }
+    }
+
+    pub(super) fn with_deadline(mut self, deadline: Option<Deadline>) -> Self {
+        self.deadline = deadline.map(|d| (d, Box::pin(tokio::time::sleep(d.allowed))));
+        self
+    }
+
+    fn past_deadline(&mut self, cx: &mut Context<'_>) -> Option<RegistryError> {
+        let (deadline, sleep) = self.deadline.as_mut()?;
+        sleep
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+            .then(|| RegistryError::TooSlow {
+                size: self.expected_size,
+                allowed: deadline.allowed,
+                min_rate: deadline.min_rate,
+            })
     }
 
     fn finish(&mut self, outcome: Option<io::Result<Bytes>>) -> Poll<Option<io::Result<Bytes>>> {
@@ -129,6 +158,9 @@ where
         let this = &mut *self;
         if this.done {
             return Poll::Ready(None);
+        }
+        if let Some(err) = this.past_deadline(cx) {
+            return this.fail(io::ErrorKind::TimedOut, err);
         }
         match this.inner.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(chunk))) => this.on_chunk(chunk),
@@ -192,6 +224,38 @@ mod tests {
                 .expect_err("corrupt")
                 .to_string()
                 .contains("digest mismatch")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_slower_than_its_deadline_fails_even_if_it_never_stalls() {
+        let failure = BodyFailure::default();
+        let trickle = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Some((Ok::<_, reqwest::Error>(Bytes::from_static(b"a")), ()))
+        });
+        let deadline = Deadline {
+            allowed: Duration::from_millis(100),
+            min_rate: 10,
+        };
+        let body = Verified::new(
+            Box::pin(trickle),
+            Digest::of(b"x"),
+            1 << 20,
+            Duration::from_secs(30),
+            None,
+            failure.clone(),
+        )
+        .with_deadline(Some(deadline));
+        let started = std::time::Instant::now();
+        let err = body.try_collect::<Vec<_>>().await.expect_err("too slow");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let typed = failure.take().expect("recorded");
+        assert!(typed.is_transient());
+        assert_eq!(
+            typed.to_string(),
+            "the blob of 1048576 bytes did not arrive within 100ms (minimum rate 10 bytes/s, --min-download-rate)"
         );
     }
 
