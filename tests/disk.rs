@@ -173,6 +173,26 @@ async fn a_full_download_dir_is_reported_cleaned_up_and_recovers_when_space_is_f
     let digest = w.publish(&next).await;
     let message = w.expect_store_failure("No space left on device").await;
     assert!(message.len() < 1000, "one short line: {message:?}");
+    // Retried with backoff, the same failure gives the same message: no new status write.
+    let failures = |w: &OnTmpfs| {
+        w.s.operator
+            .log()
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("No space left on device"))
+            .count()
+    };
+    support::wait_for("three failed attempts", WAIT, || async {
+        (failures(&w) >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(w.s.mpo(&w.module)["status"]["message"], message.as_str());
+    let status_writes =
+        w.s.operator
+            .log()
+            .lines()
+            .filter(|l| l.contains("status patched") && l.contains("No space left on device"))
+            .count();
+    assert_eq!(status_writes, 1, "one status write for a repeated failure");
     // The half-written copy is removed, so the space is free again for the module loader.
     support::wait_for("the failed copy to be removed", WAIT, || async {
         staging_dirs(&w.s.module_dir(&w.module))

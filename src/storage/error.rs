@@ -70,8 +70,10 @@ pub enum StorageError {
     #[error("module name {name:?} {reason}")]
     BadModuleName { name: String, reason: &'static str },
 
-    /// Our own disk failed: permissions, no space, read-only filesystem.
-    #[error("cannot write {}: {source}", Quoted(.path))]
+    /// Our own disk failed: permissions, no space, read-only filesystem. The path is shown with
+    /// the random suffix of work entries (`.staging-<hex>-<random>`) cut, so that the same failure
+    /// repeated gives the same message (no new status write or Event per retry).
+    #[error("cannot write {}: {source}", Quoted(&stable_path(.path)))]
     Write { path: PathBuf, source: io::Error },
 }
 
@@ -116,6 +118,32 @@ impl StorageError {
             cause,
         }
     }
+}
+
+/// Prefixes of the store's work entries, whose names end in `-<16 hex digits>` of randomness.
+const WORK_PREFIXES: &[&str] = &[".staging-", ".replaced-", ".dev-tmp-", ".tmp-"];
+
+/// `path` with the random suffix of any work entry in it removed.
+fn stable_path(path: &Path) -> PathBuf {
+    path.components()
+        .map(|component| {
+            let name = component.as_os_str();
+            match name.to_str() {
+                Some(text) if WORK_PREFIXES.iter().any(|p| text.starts_with(p)) => {
+                    match text.rsplit_once('-') {
+                        Some((stem, random))
+                            if random.len() == 16
+                                && random.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                        {
+                            std::ffi::OsString::from(stem)
+                        }
+                        _ => name.to_owned(),
+                    }
+                }
+                _ => name.to_owned(),
+            }
+        })
+        .collect()
 }
 
 fn at_entry(entry: &Option<PathBuf>) -> String {
@@ -195,6 +223,21 @@ mod tests {
         let write = StorageError::write("/d")(io::Error::from(io::ErrorKind::PermissionDenied));
         assert_eq!(write.class(), FailureClass::Store);
         assert!(write.to_string().starts_with(r#"cannot write "/d": "#));
+    }
+
+    #[test]
+    fn the_same_disk_failure_gives_the_same_message_whatever_the_staging_name() {
+        let full = |random: &str| {
+            let path = format!("/d/echo/.staging-abcd-{random}/files/x");
+            StorageError::write(path)(io::Error::from(io::ErrorKind::StorageFull)).to_string()
+        };
+        assert_eq!(full("0123456789abcdef"), full("fedcba9876543210"));
+        assert!(full("0123456789abcdef").contains(r#""/d/echo/.staging-abcd/files/x""#));
+        // Names that only look alike are kept.
+        assert_eq!(
+            stable_path(Path::new("/d/.staging-x/files/.tmp-notrandom")),
+            Path::new("/d/.staging-x/files/.tmp-notrandom")
+        );
     }
 
     /// Found by tests/hostile.rs: a 4 KiB entry name made a 4 KiB `status.message`, and the
