@@ -105,3 +105,71 @@ async fn a_wrong_password_is_a_clear_unauthorized_and_leaks_nothing() {
     }
     assert!(log.contains("unauthorized"), "the failure is logged");
 }
+
+/// A dockerCfg of the wrong shape (here an `auths` entry that is the bare base64 `user:password`
+/// instead of an object) is reported by its place and type; the value appears nowhere.
+#[tokio::test]
+async fn a_malformed_docker_cfg_is_named_by_its_shape_and_its_content_never_shown() {
+    use base64::Engine as _;
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(cluster, "badcfg", RegistryKind::Htpasswd, &[], &[]).await;
+    let module = format!("{}-m", s.id.0);
+    s.push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
+        .await;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let secret = b64.encode("tester:Sh0uld-N3ver-Appear");
+    let shapes = [
+        (
+            serde_json::json!({"auths": {s.registry.host(): secret}}),
+            "auths entry 1 of 1 is not an object",
+        ),
+        (
+            serde_json::json!({"auths": {s.registry.host(): {"auth": {"nested": secret}}}}),
+            "\"auth\" is not a string",
+        ),
+        (
+            serde_json::json!([secret]),
+            "the top level is not an object",
+        ),
+    ];
+    s.apply_mpo(&module, "dev", "2s");
+    for (config, expected) in shapes {
+        s.apply_source(&SourceOptions {
+            docker_cfg: Some(b64.encode(config.to_string())),
+            with_ca: false,
+        });
+        let mpo = s.wait_for_message(&module, expected, WAIT).await;
+        let message = mpo["status"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("dockerCfg"), "{message}");
+    }
+    // Not even broken JSON quotes it: only the position of the syntax error is named.
+    s.apply_source(&SourceOptions {
+        docker_cfg: Some(b64.encode(format!(r#"{{"auths": {{"x": "{secret}"#))),
+        with_ca: false,
+    });
+    s.wait_for_message(&module, "invalid JSON at line 1", WAIT)
+        .await;
+
+    let log = s.operator.log();
+    let status = s.mpo(&module).to_string();
+    let source = s.source_object().to_string();
+    let events = cluster.kubectl_ok(&["get", "events", "-A", "-o", "json"]);
+    for (place, text) in [
+        ("operator log", &log),
+        ("MPO status", &status),
+        ("events", &events),
+    ] {
+        assert!(
+            !text.contains(&secret),
+            "the dockerCfg value appeared in the {place}"
+        );
+        assert!(
+            !text.contains("Sh0uld-N3ver-Appear"),
+            "the password appeared in the {place}"
+        );
+    }
+    assert!(
+        !source.contains("Sh0uld-N3ver-Appear"),
+        "nor in the source's status"
+    );
+}
