@@ -7,7 +7,7 @@ use std::time::Duration;
 use support::{
     images::{ModuleImage, large_module},
     registry::RegistryKind,
-    scenario::{Scenario, files_under, sorted},
+    scenario::{REPO_PATH, Scenario, files_under, sorted},
     wait_for,
 };
 
@@ -176,4 +176,84 @@ async fn sigterm_during_a_download_finishes_it_and_exits_zero() {
     );
     s.operator.restart();
     s.wait_for_digest(&module, &digest, WAIT).await;
+}
+
+/// The `ModuleUpdated` events of `mop/<module>`.
+fn module_updated_events(s: &Scenario, module: &str) -> usize {
+    let events = s.cluster.kubectl_ok(&[
+        "get",
+        "events",
+        "-A",
+        "--field-selector",
+        &format!("involvedObject.name={module},reason=ModuleUpdated"),
+        "-o",
+        "json",
+    ]);
+    let parsed: serde_json::Value = serde_json::from_str(&events).expect("events JSON");
+    parsed["items"].as_array().map_or(0, Vec::len)
+}
+
+/// SPEC §6 on a new pod: what `status.imageDigest` records is pulled by digest before the tag is
+/// looked at, so a tag that is gone, or now points at an invalid image, leaves the applied module
+/// on the new disk; and the same digest downloaded again is no update.
+#[tokio::test]
+async fn a_new_pod_restores_the_recorded_digest_when_the_tag_is_gone_or_broken() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(cluster, "restore", RegistryKind::Plain, &[], &[]).await;
+    let mut applied = Vec::new();
+    for n in 0..3 {
+        let module = format!("{}-m{n}", s.id.0);
+        let image = ModuleImage::module(&module, 900, "good");
+        let digest = s.push(&module, "dev", &image).await;
+        s.apply_mpo(&module, "dev", "1h");
+        s.wait_for_digest(&module, &digest, WAIT).await;
+        let updated_at = s.mpo(&module)["status"]["updatedAt"].clone();
+        applied.push((module, digest, image, updated_at));
+    }
+    wait_for("a ModuleUpdated event each", WAIT, || async {
+        applied
+            .iter()
+            .all(|(m, ..)| module_updated_events(&s, m) == 1)
+            .then_some(())
+    })
+    .await;
+
+    assert_eq!(s.operator.stop(), Some(0), "SIGTERM exits 0");
+    std::fs::remove_dir_all(s.operator.download_root()).expect("wipe");
+    // m0: the tag is deleted (its manifest stays, by digest). m1: the tag now points at an
+    // invalid module. m2: the tag still points at the applied digest.
+    let (gone, broken) = (&applied[0].0, &applied[1].0);
+    let tag_dir = s.registry.data_dir().join(format!(
+        "docker/registry/v2/repositories/{REPO_PATH}/{gone}/_manifests/tags/dev"
+    ));
+    std::fs::remove_dir_all(&tag_dir).expect("tag removed from the registry's storage");
+    let invalid = ModuleImage::new().file("module.yaml", "name: someone-else\n");
+    s.push(broken, "dev", &invalid).await;
+    s.operator.restart();
+
+    for (module, digest, image, updated_at) in &applied {
+        wait_for(
+            &format!("{module} restored on the new disk"),
+            WAIT,
+            || async {
+                (files_under(&s.version_dir(module, digest)) == sorted(image.files())
+                    && s.active_hex(module).as_deref() == digest.strip_prefix("sha256:"))
+                .then_some(())
+            },
+        )
+        .await;
+        let status = &s.mpo(module)["status"];
+        assert_eq!(status["imageDigest"], digest.as_str(), "{module}");
+        assert_eq!(&status["updatedAt"], updated_at, "{module}: no update");
+    }
+    s.wait_for_message(gone, "manifest unknown", WAIT).await;
+    s.wait_for_message(broken, "invalid module", WAIT).await;
+    assert_eq!(s.mpo(&applied[2].0)["status"]["message"], "");
+    for (module, ..) in &applied {
+        assert_eq!(
+            module_updated_events(&s, module),
+            1,
+            "{module}: restoring the same digest is no ModuleUpdated"
+        );
+    }
 }

@@ -20,7 +20,7 @@ use crate::{
     Digest,
     crd::{ModulePullOverride, ModuleSource},
     install::install,
-    registry::ModuleRef,
+    registry::{ModuleRef, Registry},
 };
 
 pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action, ControllerError> {
@@ -143,6 +143,8 @@ async fn try_pass(
     let registry = registry_for(ctx, source)?;
     let image = ModuleRef::new(registry.repo().clone(), &name, &mpo.spec.image_tag)
         .map_err(|e| PassError::BadSpec(e.to_string()))?;
+    let recorded = recorded_digest(mpo);
+    restore_recorded(ctx, &registry, &image, recorded.as_ref()).await;
     let digest = registry
         .resolve(&image)
         .await
@@ -151,7 +153,6 @@ async fn try_pass(
             cause,
         })?;
     ctx.metrics.resolved(&name);
-    let recorded = recorded_digest(mpo);
     let up_to_date = recorded.as_ref() == Some(&digest) && ctx.store.is_active(&name, &digest);
     if up_to_date && renew != Renew::Force {
         debug!(mpo = %name, %digest, "tag unchanged");
@@ -175,10 +176,36 @@ async fn try_pass(
         .map_err(|cause| PassError::install(&image, &digest, cause))?;
     ctx.metrics.installed(&report);
     Ok(Outcome::InSync {
+        // The same digest downloaded again (an empty disk, a forced renew without a new digest)
+        // is no update: `updatedAt` and the ModuleUpdated event belong to new digests (and to a
+        // forced renew, which the user asked for).
+        changed: recorded.as_ref() != Some(&digest) || renew == Renew::Force,
         digest,
         weight: report.info.weight,
-        changed: true,
     })
+}
+
+/// SPEC §6 on a new pod: the disk first gets what `status.imageDigest` records (pulled by that
+/// digest), so that a tag that is gone, or now points at an image that fails, does not take the
+/// applied module off this node. A failure here is logged; the pass goes on as usual.
+async fn restore_recorded(
+    ctx: &Context,
+    registry: &Registry,
+    image: &ModuleRef,
+    recorded: Option<&Digest>,
+) {
+    let Some(recorded) = recorded else { return };
+    if ctx.store.is_active(image.module(), recorded) {
+        return;
+    }
+    info!(mpo = %image.module(), digest = %recorded, "restoring the recorded digest onto this disk");
+    let max_compressed = ctx.settings.limits.max_compressed_size;
+    match install(registry, &ctx.store, image, recorded, max_compressed).await {
+        Ok(report) => ctx.metrics.installed(&report),
+        Err(err) => {
+            warn!(mpo = %image.module(), digest = %recorded, "cannot restore the recorded digest: {err}")
+        }
+    }
 }
 
 fn outcome_label(outcome: &Outcome) -> &'static str {
