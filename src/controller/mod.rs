@@ -53,7 +53,7 @@ pub enum StartError {
     #[error("cannot prepare the download directory: {0}")]
     Storage(#[from] crate::storage::StorageError),
     #[error("leader election: {0}")]
-    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    Lease(#[from] leader::LeaseError),
     #[error("lost the leadership; exiting so that this replica starts over as a candidate")]
     LostLeadership,
 }
