@@ -57,7 +57,12 @@ pub struct Metrics {
     /// MPO name → when a renew annotation was first seen on it, until a pass handled it.
     renews: Mutex<HashMap<String, Instant>>,
     ready: AtomicBool,
+    heartbeat: Mutex<Option<Instant>>,
 }
+
+/// How often the controller's heartbeat ticks, and how stale it may get before `/healthz` fails.
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(5);
+const HEARTBEAT_STALE: Duration = Duration::from_secs(60);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -81,6 +86,7 @@ impl Metrics {
             last_checks: Arc::default(),
             renews: Mutex::default(),
             ready: AtomicBool::new(false),
+            heartbeat: Mutex::default(),
         };
         metrics.register_all();
         metrics
@@ -189,6 +195,16 @@ impl Metrics {
 
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    pub fn beat(&self) {
+        *lock(&self.heartbeat) = Some(Instant::now());
+    }
+
+    /// False once the heartbeat has not ticked for a minute (never before the first beat: the
+    /// process is still starting).
+    pub fn is_alive(&self) -> bool {
+        lock(&self.heartbeat).is_none_or(|at| at.elapsed() < HEARTBEAT_STALE)
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -156,6 +156,13 @@ async fn the_operator_works_with_only_its_service_account_rights() {
     }
 }
 
+/// `mpo_leader 1` on the replica's /metrics.
+fn leads(operator: &Operator) -> bool {
+    operator
+        .http_get("/metrics")
+        .is_some_and(|(code, body)| code == 200 && body.lines().any(|l| l == "mpo_leader 1"))
+}
+
 #[tokio::test]
 async fn one_leader_reconciles_and_a_standby_takes_over() {
     let cluster = require_cluster!();
@@ -178,19 +185,19 @@ async fn one_leader_reconciles_and_a_standby_takes_over() {
     ];
     let mut first = Operator::start(cluster, &s.id, &lease);
     wait_for("the first replica to lead", WAIT, || async {
-        (first.http_get("/readyz")?.0 == 200).then_some(())
+        leads(&first).then_some(())
     })
     .await;
     let mut second = Operator::start(cluster, &s.id, &lease);
-    wait_for("the standby to serve /healthz", WAIT, || async {
-        (second.http_get("/healthz")?.0 == 200).then_some(())
+    wait_for("the standby to be ready", WAIT, || async {
+        (second.http_get("/readyz")?.0 == 200).then_some(())
     })
     .await;
-    assert_eq!(
-        second.http_get("/readyz").map(|r| r.0),
-        Some(503),
-        "a standby is not ready"
+    assert!(
+        !leads(&second),
+        "a ready standby, not a leader (mpo_leader 0)"
     );
+    assert!(leads(&first));
 
     let (module, _) = s.ready_module("1h").await;
     assert!(
@@ -239,6 +246,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over() {
         took.elapsed()
     );
     assert_eq!(second.http_get("/readyz").map(|r| r.0), Some(200));
+    assert!(leads(&second), "the standby leads now");
 
     // SIGTERM releases the lease: a new standby takes over long before the lease would expire.
     let third = Operator::start(cluster, &s.id, &lease);
@@ -251,7 +259,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over() {
     wait_for(
         "the third replica to lead",
         Duration::from_secs(30),
-        || async { (third.http_get("/readyz")?.0 == 200).then_some(()) },
+        || async { (leads(&third) && third.http_get("/readyz")?.0 == 200).then_some(()) },
     )
     .await;
     assert!(

@@ -55,7 +55,14 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
     };
 
     let started = Instant::now();
-    let outcome = run_pass(&mpo, ctx, source.as_deref(), renew).await;
+    let outcome = tokio::select! {
+        // A lost lease drops the pass (its staging directory goes with it) before it writes.
+        () = ctx.fence.cancelled() => return Ok(Action::await_change()),
+        outcome = run_pass(&mpo, ctx, source.as_deref(), renew) => outcome,
+    };
+    if ctx.fence.is_cancelled() {
+        return Ok(Action::await_change());
+    }
     ctx.metrics
         .reconciled(outcome_label(&outcome), started.elapsed());
     if let Outcome::Failed(err) = &outcome {

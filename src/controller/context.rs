@@ -31,6 +31,8 @@ pub struct Context {
     pub sources: Store<ModuleSource>,
     /// The single writer of the sources' `overridden` flags.
     pub flags: Arc<Flags>,
+    /// Cancelled when the lease is lost: in-flight passes stop, and nothing writes after it.
+    pub fence: tokio_util::sync::CancellationToken,
     reporter: Reporter,
     registries: Mutex<HashMap<String, (String, Registry)>>,
     checks: Mutex<HashMap<String, LastCheck>>,
@@ -45,6 +47,7 @@ impl Context {
         metrics: Arc<Metrics>,
         sources: Store<ModuleSource>,
         flags: Arc<Flags>,
+        fence: tokio_util::sync::CancellationToken,
     ) -> Self {
         let reporter = Reporter {
             controller: "mpo-operator".into(),
@@ -58,6 +61,7 @@ impl Context {
             metrics,
             sources,
             flags,
+            fence,
             registries: Mutex::default(),
             checks: Mutex::default(),
             api_failures: Mutex::default(),

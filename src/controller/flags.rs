@@ -240,7 +240,12 @@ pub async fn run_writer(
             if stop.is_cancelled() {
                 return;
             }
-            if let Err(e) = flush(&flags, &api, &mpos, &sources, &name).await {
+            // Raced with `stop` (also a lost lease): no write may finish after it.
+            let flushed = tokio::select! {
+                flushed = flush(&flags, &api, &mpos, &sources, &name) => flushed,
+                () = stop.cancelled() => return,
+            };
+            if let Err(e) = flushed {
                 warn!(source = %name, "cannot write the overridden flags: {e}");
                 flags.lock().dirty.insert(name);
                 failed = true;

@@ -253,7 +253,11 @@ impl LeaseHandle {
 
     /// `Ok(false)` when someone else holds the lease now.
     async fn renew(&self) -> Result<bool, LeaseError> {
-        let Some(mut lease) = self.api.get_opt(&self.name).await.map_err(|e| self.api_error(e))?
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.api_error(e))?
         else {
             return Ok(false);
         };
@@ -279,7 +283,11 @@ impl LeaseHandle {
     }
 
     async fn clear_holder(&self) -> Result<(), LeaseError> {
-        let Some(mut lease) = self.api.get_opt(&self.name).await.map_err(|e| self.api_error(e))?
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.api_error(e))?
         else {
             return Ok(());
         };
@@ -364,9 +372,18 @@ mod tests {
     #[test]
     fn a_free_expired_or_own_lease_is_taken_and_a_held_one_is_looked_at_again_soon() {
         let now = Instant::now() + Duration::from_secs(3600);
-        assert_eq!(decide(&seen(None, Duration::ZERO, now), "me", now), Step::Take);
-        assert_eq!(decide(&seen(Some(""), Duration::ZERO, now), "me", now), Step::Take);
-        assert_eq!(decide(&seen(Some("me"), Duration::ZERO, now), "me", now), Step::Take);
+        assert_eq!(
+            decide(&seen(None, Duration::ZERO, now), "me", now),
+            Step::Take
+        );
+        assert_eq!(
+            decide(&seen(Some(""), Duration::ZERO, now), "me", now),
+            Step::Take
+        );
+        assert_eq!(
+            decide(&seen(Some("me"), Duration::ZERO, now), "me", now),
+            Step::Take
+        );
         assert_eq!(
             decide(&seen(Some("other"), LEASE_DURATION, now), "me", now),
             Step::Take,

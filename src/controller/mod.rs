@@ -65,6 +65,11 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     crate::registry::set_max_requests_per_host(settings.registry_max_concurrent_requests);
     let client = Client::try_default().await.map_err(StartError::Client)?;
     preflight(&client).await?;
+    // Ready means healthy and, for the leader, caches synced: a standby that reached the
+    // apiserver is ready too, so that a rollout (which waits for new pods to be Ready) completes.
+    metrics.set_leader(false);
+    metrics.set_ready(settings.leader_election);
+    let heartbeat = tokio::spawn(beat(metrics.clone()));
     let store = ModuleStore::new(
         &settings.download_dir,
         Limits {
@@ -81,15 +86,23 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
         None
     };
     metrics.set_leader(true);
+    // A new leader is ready again once its caches are synced.
+    metrics.set_ready(false);
     // Only the leader sweeps: with a shared volume, a starting standby would otherwise remove
     // the leader's staging directory in the middle of its download.
     let swept = store.sweep()?;
     info!(dir = %settings.download_dir.display(), staging_removed = swept, "download directory ready");
     let stop = shutdown.child_token();
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let lease_watch = leadership
-        .as_ref()
-        .map(|l| tokio::spawn(stop_when_lost(l.lost(), stop.clone(), lost.clone())));
+    let fence = CancellationToken::new();
+    let lease_watch = leadership.as_ref().map(|l| {
+        tokio::spawn(stop_when_lost(
+            l.lost(),
+            stop.clone(),
+            fence.clone(),
+            lost.clone(),
+        ))
+    });
 
     let scan = settings.scan_module_sources;
     let concurrency = settings.concurrency;
@@ -102,6 +115,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
         metrics,
         source_watch.store.clone(),
         flags.clone(),
+        fence,
     ));
     let (mpos, mpo_writer) = reflector::store::<ModulePullOverride>();
     let (mpos_synced, mpos_synced_rx) = tokio::sync::watch::channel(false);
@@ -171,6 +185,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     let _ = writer.await;
     ctx.metrics.set_ready(false);
     ctx.metrics.set_leader(false);
+    heartbeat.abort();
     info!("controllers stopped; in-flight passes finished");
     if let Some(lease_watch) = lease_watch {
         lease_watch.abort();
@@ -185,15 +200,27 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     }
 }
 
+/// Liveness: `/healthz` fails when this stops beating (a wedged runtime or controller task).
+async fn beat(metrics: Arc<Metrics>) {
+    let mut every = tokio::time::interval(crate::metrics::HEARTBEAT_PERIOD);
+    loop {
+        every.tick().await;
+        metrics.beat();
+    }
+}
+
 async fn stop_when_lost(
     lost_lease: impl Future<Output = ()>,
     stop: CancellationToken,
+    fence: CancellationToken,
     lost: Arc<std::sync::atomic::AtomicBool>,
 ) {
     tokio::select! {
         () = lost_lease => {
-            warn!("lost the lease; stopping the controllers");
+            warn!("lost the lease; cancelling in-flight passes and stopping the controllers");
             lost.store(true, std::sync::atomic::Ordering::Relaxed);
+            // Fence first: passes in flight are dropped (their staging removed) and write nothing.
+            fence.cancel();
             stop.cancel();
         }
         () = stop.cancelled() => {}

@@ -19,6 +19,10 @@ pub async fn reconcile(
     mpo: Arc<ModulePullOverride>,
     ctx: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    if ctx.fence.is_cancelled() {
+        // The lease is lost: not even a finalizer write.
+        return Ok(Action::await_change());
+    }
     let api = Api::<ModulePullOverride>::all(ctx.client.clone());
     let name = mpo.name_any();
     let action = finalizer(&api, FINALIZER, mpo, |event| async {

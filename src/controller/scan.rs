@@ -42,6 +42,9 @@ pub async fn scan_source(
             .map_err(|e| format!("cannot list modules of {}: {e}", registry.repo())),
         Err(e) => Err(e.to_string()),
     };
+    if ctx.fence.is_cancelled() {
+        return Ok(Action::await_change());
+    }
     let body = scan_status(&source, &listed);
     let api = Api::<ModuleSource>::all(ctx.client.clone());
     api.patch_status(
