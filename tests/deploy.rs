@@ -11,6 +11,7 @@ use support::{
     images::ModuleImage,
     registry::RegistryKind,
     scenario::Scenario,
+    tcp_cut::TcpCut,
     wait_for,
 };
 
@@ -391,4 +392,85 @@ async fn json_logs_have_one_line_per_step_and_nothing_at_info_when_idle() {
         .filter(|e| e["level"] == "INFO")
         .collect();
     assert!(idle.is_empty(), "info lines while idle: {idle:?}");
+}
+
+/// Fencing: a leader cut off from the apiserver stops on its own clock before its lease can
+/// expire (renew deadline 10 s < lease 15 s), and the standby takes over within the lease
+/// duration plus a few seconds.
+#[tokio::test]
+async fn a_leader_cut_off_from_the_apiserver_stops_and_the_standby_takes_over() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(
+        cluster,
+        "fence",
+        RegistryKind::Plain,
+        &[],
+        &["--scan-module-sources=false"],
+    )
+    .await;
+    s.operator.kill();
+    let lease_name = s.id.0.clone();
+    let lease = [
+        "--leader-election=true",
+        "--lease-namespace=default",
+        "--lease-name",
+        &lease_name,
+        "--scan-module-sources=false",
+    ];
+    let relay = TcpCut::start(&cluster.kubeconfig);
+    let mut first = Operator::start_as(relay.kubeconfig(), &s.id, &lease);
+    wait_for("the first replica to lead", WAIT, || async {
+        leads(&first).then_some(())
+    })
+    .await;
+    let second = Operator::start(cluster, &s.id, &lease);
+    wait_for("the standby to be ready", WAIT, || async {
+        (second.http_get("/readyz")?.0 == 200).then_some(())
+    })
+    .await;
+    let (module, _) = s.ready_module("2s").await;
+    assert!(first.module_dir(&module).join("dev").exists());
+
+    relay.cut();
+    let cut_at = std::time::Instant::now();
+    // `is_running` reaps the child, so it needs `&mut`: a polling loop with a deadline.
+    let deadline = cut_at + Duration::from_secs(30);
+    while first.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old leader never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stopped_after = cut_at.elapsed();
+    assert!(
+        stopped_after < Duration::from_secs(15),
+        "stopped after {stopped_after:?}, before the lease could expire"
+    );
+    assert!(
+        first
+            .log()
+            .contains("not renewed within the renew deadline"),
+        "{}",
+        first.log()
+    );
+    wait_for(
+        "the standby to take over",
+        Duration::from_secs(40),
+        || async {
+            (leads(&second) && second.module_dir(&module).join("dev/module.yaml").is_file())
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "cut off: the old leader stopped after {stopped_after:?}, the standby led after {:?}",
+        cut_at.elapsed()
+    );
+    assert!(
+        cut_at.elapsed() < Duration::from_secs(15 + 8),
+        "took over {:?} after the cut",
+        cut_at.elapsed()
+    );
+    s.operator = second;
 }

@@ -12,6 +12,7 @@ pub mod operator;
 pub mod proxy;
 pub mod registry;
 pub mod scenario;
+pub mod tcp_cut;
 pub mod token_server;
 pub mod wait;
 
