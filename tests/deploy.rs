@@ -157,6 +157,31 @@ async fn the_operator_works_with_only_its_service_account_rights() {
     }
 }
 
+/// A scenario whose own operator is gone, for replicas with leader election on a lease of its own.
+async fn leader_scenario(cluster: &'static support::Cluster, test: &str) -> (Scenario, String) {
+    let mut s = Scenario::start(
+        cluster,
+        test,
+        RegistryKind::Plain,
+        &[],
+        &["--scan-module-sources=false"],
+    )
+    .await;
+    s.operator.kill();
+    let lease_name = s.id.0.clone();
+    (s, lease_name)
+}
+
+fn lease_flags(lease_name: &str) -> [&str; 5] {
+    [
+        "--leader-election=true",
+        "--lease-namespace=default",
+        "--lease-name",
+        lease_name,
+        "--scan-module-sources=false",
+    ]
+}
+
 /// `mpo_leader 1` on the replica's /metrics.
 fn leads(operator: &Operator) -> bool {
     operator
@@ -167,23 +192,8 @@ fn leads(operator: &Operator) -> bool {
 #[tokio::test]
 async fn one_leader_reconciles_and_a_standby_takes_over() {
     let cluster = require_cluster!();
-    let mut s = Scenario::start(
-        cluster,
-        "leader",
-        RegistryKind::Plain,
-        &[],
-        &["--scan-module-sources=false"],
-    )
-    .await;
-    s.operator.kill();
-    let lease_name = s.id.0.clone();
-    let lease = [
-        "--leader-election=true",
-        "--lease-namespace=default",
-        "--lease-name",
-        &lease_name,
-        "--scan-module-sources=false",
-    ];
+    let (mut s, lease_name) = leader_scenario(cluster, "leader").await;
+    let lease = lease_flags(&lease_name);
     let mut first = Operator::start(cluster, &s.id, &lease);
     wait_for("the first replica to lead", WAIT, || async {
         leads(&first).then_some(())
@@ -400,23 +410,8 @@ async fn json_logs_have_one_line_per_step_and_nothing_at_info_when_idle() {
 #[tokio::test]
 async fn a_leader_cut_off_from_the_apiserver_stops_and_the_standby_takes_over() {
     let cluster = require_cluster!();
-    let mut s = Scenario::start(
-        cluster,
-        "fence",
-        RegistryKind::Plain,
-        &[],
-        &["--scan-module-sources=false"],
-    )
-    .await;
-    s.operator.kill();
-    let lease_name = s.id.0.clone();
-    let lease = [
-        "--leader-election=true",
-        "--lease-namespace=default",
-        "--lease-name",
-        &lease_name,
-        "--scan-module-sources=false",
-    ];
+    let (mut s, lease_name) = leader_scenario(cluster, "fence").await;
+    let lease = lease_flags(&lease_name);
     let relay = TcpCut::start(&cluster.kubeconfig);
     let mut first = Operator::start_as(relay.kubeconfig(), &s.id, &lease);
     wait_for("the first replica to lead", WAIT, || async {

@@ -217,17 +217,10 @@ impl LeaseHandle {
             transitions
         }));
         // Replace carries the resourceVersion we read: a concurrent taker makes this fail (409).
-        match self
+        let replaced = self
             .bounded(self.api.replace(&self.name, &PostParams::default(), &lease))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(LeaseError::Api {
-                source: kube::Error::Api(status),
-                ..
-            }) if status.code == 409 => Ok(false),
-            Err(err) => Err(err),
-        }
+            .await;
+        taken_unless_conflict(replaced)
     }
 
     async fn create(&self) -> Result<bool, LeaseError> {
@@ -238,17 +231,10 @@ impl LeaseHandle {
             },
             spec: Some(self.spec_as_holder(0)),
         };
-        match self
+        let created = self
             .bounded(self.api.create(&PostParams::default(), &lease))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(LeaseError::Api {
-                source: kube::Error::Api(status),
-                ..
-            }) if status.code == 409 => Ok(false),
-            Err(err) => Err(err),
-        }
+            .await;
+        taken_unless_conflict(created)
     }
 
     /// `Ok(false)` when someone else holds the lease now.
@@ -328,6 +314,18 @@ impl LeaseHandle {
                     .into(),
             ))),
         }
+    }
+}
+
+/// A write that made us the holder: `true`; lost to a concurrent writer (409): `false`.
+fn taken_unless_conflict(written: Result<Lease, LeaseError>) -> Result<bool, LeaseError> {
+    match written {
+        Ok(_) => Ok(true),
+        Err(LeaseError::Api {
+            source: kube::Error::Api(status),
+            ..
+        }) if status.code == 409 => Ok(false),
+        Err(err) => Err(err),
     }
 }
 

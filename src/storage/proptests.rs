@@ -32,7 +32,7 @@ use tempfile::TempDir;
 
 use super::{
     LayerCompression, Limits, ModuleStore, Staging, StorageError,
-    testkit::{gzip, header},
+    testkit::{gzip, header, pax_record},
     tree,
 };
 use crate::digest::Digest;
@@ -495,19 +495,6 @@ fn nul_terminated(bytes: &[u8]) -> Vec<u8> {
     let mut out = bytes.to_vec();
     out.push(0);
     out
-}
-
-/// `<len> <key>=<value>\n`, where `<len>` counts the whole record.
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3;
-    let mut len = body + 1;
-    while len != body + len.to_string().len() {
-        len = body + len.to_string().len();
-    }
-    let mut record = format!("{len} {key}=").into_bytes();
-    record.extend_from_slice(value);
-    record.push(b'\n');
-    record
 }
 
 /// Symlinks under `top` that the kernel resolves, at any prefix of their target, to a place

@@ -99,20 +99,6 @@ pub fn limit_error(limits: Limits, layers: &[Vec<u8>]) -> StorageError {
     err
 }
 
-/// One PAX record, `<len> <key>=<value>\n`, where `<len>` counts the whole record.
-pub fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    let body_len = key.len() + value.len() + 3;
-    let mut len = body_len + 1;
-    while len != body_len + len.to_string().len() {
-        len = body_len + len.to_string().len();
-    }
-    let mut record = format!("{len} {key}=").into_bytes();
-    record.extend_from_slice(value);
-    record.push(b'\n');
-    assert_eq!(record.len(), len);
-    record
-}
-
 pub fn pax_named(layer: TarLayer, name: &[u8], data: &[u8]) -> TarLayer {
     let record = pax_record("path", name);
     let mut pax = header(EntryType::XHeader, 0o644);
