@@ -381,6 +381,15 @@ mod tests {
                 .tar()],
             "replaces",
         );
+        // Found by the property test once a directory could give way to a symlink: with a
+        // trailing slash, a symlink (or hard link) named for the root must still be refused.
+        for kind in [EntryType::Symlink, EntryType::Link] {
+            let layer = TarLayer::new()
+                .file("a", b"")
+                .raw(b"./", kind, b"a", b"")
+                .tar();
+            assert_refused(&[layer], "replaces");
+        }
     }
 
     #[test]

@@ -55,6 +55,13 @@ impl Staging {
     /// container runtimes allow: the symlink's target was checked to stay inside the root, and
     /// nothing can be written through it later (parents must be real directories).
     pub(super) fn make_room(&mut self, rel: &Path) -> Result<(), StorageError> {
+        if rel.as_os_str().is_empty() {
+            // Found by the property test: a symlink named "./" would remove the staging root.
+            return Err(StorageError::unsafe_entry(
+                rel,
+                "entry replaces the module root",
+            ));
+        }
         let full = self.path.join(rel);
         match full.symlink_metadata() {
             Ok(_) => self.remove(rel),
