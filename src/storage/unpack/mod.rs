@@ -12,7 +12,6 @@ mod entries;
 mod paths;
 mod stream;
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod test_support;
 mod whiteouts;
 

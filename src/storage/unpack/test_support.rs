@@ -37,39 +37,45 @@ pub fn sample_layer() -> TarLayer {
 
 pub fn assert_sample_unpacked(root: &Path) {
     assert_eq!(
-        fs::read(root.join("templates/deployment.yaml")).unwrap(),
+        fs::read(root.join("templates/deployment.yaml")).expect("deployment.yaml unpacked"),
         b"kind: Deployment\n"
     );
-    assert_eq!(fs::read(root.join("empty")).unwrap(), b"");
+    assert_eq!(fs::read(root.join("empty")).expect("empty unpacked"), b"");
     assert_eq!(
-        fs::read(root.join("images/big.bin")).unwrap(),
+        fs::read(root.join("images/big.bin")).expect("big.bin unpacked"),
         pseudo_random(1 << 20)
     );
     let long_name = format!("deep/{}/file.txt", "n".repeat(150));
-    assert_eq!(fs::read(root.join(long_name)).unwrap(), b"long");
     assert_eq!(
-        fs::read_link(root.join("templates/link.yaml")).unwrap(),
+        fs::read(root.join(long_name)).expect("the long name unpacked"),
+        b"long"
+    );
+    assert_eq!(
+        fs::read_link(root.join("templates/link.yaml")).expect("link.yaml is a symlink"),
         Path::new("deployment.yaml")
     );
     assert_eq!(
-        fs::read_link(root.join("top")).unwrap(),
+        fs::read_link(root.join("top")).expect("top is a symlink"),
         Path::new("templates")
     );
     assert_eq!(
-        fs::read(root.join("top/link.yaml")).unwrap(),
+        fs::read(root.join("top/link.yaml")).expect("readable through the symlink"),
         b"kind: Deployment\n"
     );
     assert!(
         root.join("empty-again")
             .symlink_metadata()
-            .unwrap()
+            .expect("empty-again unpacked")
             .is_file()
     );
 }
 
 pub fn refusal(layers: &[Vec<u8>]) -> (Fixture, StorageError) {
     let fixture = Fixture::new();
-    let err = fixture.unpack(MODULE, layers).map(|_| ()).unwrap_err();
+    let err = fixture
+        .unpack(MODULE, layers)
+        .map(|_| ())
+        .expect_err("the layers are refused");
     (fixture, err)
 }
 
@@ -93,7 +99,10 @@ pub fn assert_refused(layers: &[Vec<u8>], expected: &str) {
 
 pub fn limit_error(limits: Limits, layers: &[Vec<u8>]) -> StorageError {
     let fixture = Fixture::with_limits(limits);
-    let err = fixture.unpack(MODULE, layers).map(|_| ()).unwrap_err();
+    let err = fixture
+        .unpack(MODULE, layers)
+        .map(|_| ())
+        .expect_err("the layers are refused");
     assert_eq!(err.class(), FailureClass::Download);
     assert!(fixture.module_dir_names(MODULE).is_empty());
     err
@@ -102,7 +111,7 @@ pub fn limit_error(limits: Limits, layers: &[Vec<u8>]) -> StorageError {
 pub fn pax_named(layer: TarLayer, name: &[u8], data: &[u8]) -> TarLayer {
     let record = pax_record("path", name);
     let mut pax = header(EntryType::XHeader, 0o644);
-    pax.set_path("PaxHeaders/x").unwrap();
+    pax.set_path("PaxHeaders/x").expect("a short ustar name");
     pax.set_size(record.len() as u64);
     pax.set_cksum();
     layer
