@@ -12,6 +12,9 @@ if [ "${MPO_SKIP_INSTALL:-}" != 1 ]; then
   bash hack/install-deps.sh >/dev/null
 fi
 [ -n "${KUBEBUILDER_ASSETS:-}" ] || bash hack/k8s-bins.sh >/dev/null
+# crane, for the CLI tests that compare kubectl-mpo with the module guide's crane recipes.
+MPO_CRANE=${MPO_CRANE:-$(bash hack/crane.sh | tail -n 1)}
+export MPO_CRANE
 
 log "compiling the tests first, so that rustc does not compete with the control plane for the CPUs"
 cargo test --locked --no-run "$@"

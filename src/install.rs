@@ -83,6 +83,25 @@ impl InstallError {
     }
 }
 
+/// Told how far a download is, for a progress display. Called from the download task.
+pub trait Progress: Send + Sync {
+    /// Before the first blob: the compressed bytes of all layers.
+    fn started(&self, total_bytes: u64);
+    /// Another `bytes` of layer data arrived (and went into the digest check).
+    fn advanced(&self, bytes: u64);
+}
+
+/// A downloaded, unpacked tree not yet switched in: validate and commit it, keep it elsewhere
+/// ([`Staging::keep_as`]), or drop it (which removes it).
+#[derive(Debug)]
+pub struct Downloaded {
+    pub staging: Staging,
+    /// Compressed bytes of all layers, as the manifest lists them (each was read and verified).
+    pub bytes: u64,
+    pub layers: usize,
+    started: Instant,
+}
+
 /// Downloads `image` at `digest` into `store` and switches it in. `max_compressed_size` is
 /// checked against the manifest before any blob is requested.
 pub async fn install(
@@ -92,6 +111,19 @@ pub async fn install(
     digest: &Digest,
     max_compressed_size: u64,
 ) -> Result<Report, InstallError> {
+    let downloaded = download(registry, store, image, digest, max_compressed_size, None).await?;
+    switch_in(downloaded, image, digest).await
+}
+
+/// Every step of [`install`] up to validation: manifest, size check, staging, layers in order.
+pub async fn download(
+    registry: &Registry,
+    store: &ModuleStore,
+    image: &ModuleRef,
+    digest: &Digest,
+    max_compressed_size: u64,
+    progress: Option<std::sync::Arc<dyn Progress>>,
+) -> Result<Downloaded, InstallError> {
     let started = Instant::now();
     let manifest = registry.manifest(image, digest).await?;
     let size = manifest.compressed_size();
@@ -102,6 +134,9 @@ pub async fn install(
         });
     }
     info!(image = %image.at_digest(digest), bytes = size, layers = manifest.layers.len(), "downloading");
+    if let Some(progress) = &progress {
+        progress.started(size);
+    }
     let mut staging = store.stage(image.module(), digest)?;
     for layer in &manifest.layers {
         let (reader, failure) = registry.layer_reader(image, layer).await?;
@@ -109,14 +144,38 @@ pub async fn install(
             LayerMediaType::TarGzip => LayerCompression::Gzip,
             LayerMediaType::Tar => LayerCompression::None,
         };
+        let reader = Counted {
+            inner: reader,
+            progress: progress.clone(),
+        };
         staging = apply_layer_blocking(staging, reader, failure, compression).await?;
     }
+    Ok(Downloaded {
+        staging,
+        bytes: size,
+        layers: manifest.layers.len(),
+        started,
+    })
+}
+
+/// Validates a downloaded tree as the module `image.module()` and makes it the active version.
+pub async fn switch_in(
+    downloaded: Downloaded,
+    image: &ModuleRef,
+    digest: &Digest,
+) -> Result<Report, InstallError> {
+    let Downloaded {
+        staging,
+        bytes,
+        layers,
+        started,
+    } = downloaded;
     let (installed, info) = commit_blocking(staging, image.module().to_owned()).await?;
     let report = Report {
         installed,
         info,
-        downloaded_bytes: size,
-        layers: manifest.layers.len(),
+        downloaded_bytes: bytes,
+        layers,
         took: started.elapsed(),
     };
     info!(
@@ -128,6 +187,28 @@ pub async fn install(
         "unpacked and switched in"
     );
     Ok(report)
+}
+
+/// A layer body that reports each chunk to a [`Progress`].
+struct Counted<R> {
+    inner: R,
+    progress: Option<std::sync::Arc<dyn Progress>>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if let (Some(progress), true) = (&self.progress, read > 0) {
+            progress.advanced(read as u64);
+        }
+        polled
+    }
 }
 
 /// The unpacker is synchronous (tar, flate2), so it runs on a blocking thread reading the

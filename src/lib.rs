@@ -2,8 +2,10 @@
 //!
 //! Layers, from the outside in: [`crd`] (the resource types), [`registry`] (talking to the OCI
 //! registry), [`storage`] (unpacking and switching modules on disk), [`controller`] (the
-//! Kubernetes reconcile loop). Registry and storage know nothing about Kubernetes.
+//! Kubernetes reconcile loop), [`cli`] (the `kubectl-mpo` tool). Registry and storage know nothing
+//! about Kubernetes.
 
+pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod digest;

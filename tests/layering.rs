@@ -69,3 +69,33 @@ fn registry_storage_and_digest_import_nothing_from_kubernetes_or_the_controller(
         offences.join("\n")
     );
 }
+
+/// The CLI shares the registry, storage, install and CRD layers with the operator, but never
+/// the controller's internals: what it does by hand must not depend on reconcile machinery.
+#[test]
+fn the_cli_imports_nothing_from_the_controller() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src/cli"), &mut files);
+    rust_files(&root.join("src/bin/kubectl-mpo.rs"), &mut files);
+    assert!(files.len() > 5, "found only {} files", files.len());
+    let offences: Vec<String> = files
+        .iter()
+        .flat_map(|file| {
+            let text = std::fs::read_to_string(file).expect("readable source");
+            text.lines()
+                .enumerate()
+                .filter(|(_, line)| {
+                    let code = line.split("//").next().unwrap_or_default();
+                    code.contains("controller::") || code.contains("mpo_operator::controller")
+                })
+                .map(|(n, line)| format!("{}:{}: {}", file.display(), n + 1, line.trim()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        offences.is_empty(),
+        "the CLI imports the controller:\n{}",
+        offences.join("\n")
+    );
+}

@@ -4,8 +4,8 @@ use kube::ResourceExt;
 
 use super::{Context, PassError, flags};
 use crate::{
-    crd::{DockerCfgError, ModuleSource, Scheme},
-    registry::{Registry, RegistryConfig, RepoName, Transport},
+    crd::{ConnectSettings, DockerCfgError, ModuleSource, RegistrySpecError},
+    registry::{Registry, RegistryConfig},
 };
 
 /// SPEC §3.2: a source that lists modules must list this one. "Lists modules" is judged by
@@ -68,27 +68,21 @@ pub fn registry_for(ctx: &Context, source: &ModuleSource) -> Result<Registry, Pa
 
 pub fn registry_config(ctx: &Context, source: &ModuleSource) -> Result<RegistryConfig, PassError> {
     let source_name = source.name_any();
-    let spec = &source.spec.registry;
-    let repo = RepoName::parse(&spec.repo).map_err(|cause| PassError::SourceConfig {
-        source_name: source_name.clone(),
-        cause,
-    })?;
-    let credentials = spec
-        .docker_cfg
-        .credentials_for(repo.host())
-        .map_err(|e| PassError::Credentials(credentials_message(&e, &source_name)))?;
-    Ok(RegistryConfig {
-        repo,
-        transport: match spec.scheme {
-            Scheme::Http => Transport::Http,
-            Scheme::Https => Transport::Https,
-        },
-        ca_pem: spec.ca.clone(),
-        credentials,
+    let settings = ConnectSettings {
         connect_timeout: ctx.settings.registry_connect_timeout,
         read_timeout: ctx.settings.registry_read_timeout,
         min_download_rate: ctx.settings.min_download_rate,
-    })
+    };
+    source
+        .spec
+        .registry
+        .registry_config(settings)
+        .map_err(|err| match err {
+            RegistrySpecError::Repo(cause) => PassError::SourceConfig { source_name, cause },
+            RegistrySpecError::Credentials(e) => {
+                PassError::Credentials(credentials_message(&e, &source_name))
+            }
+        })
 }
 
 fn credentials_message(err: &DockerCfgError, source_name: &str) -> String {
@@ -103,7 +97,7 @@ fn credentials_message(err: &DockerCfgError, source_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ModuleSourceSpec, ModuleSourceStatus, RegistrySpec, SourceModule};
+    use crate::crd::{ModuleSourceSpec, ModuleSourceStatus, RegistrySpec, Scheme, SourceModule};
 
     fn source(count: Option<i64>, names: &[&str]) -> ModuleSource {
         let spec = ModuleSourceSpec {

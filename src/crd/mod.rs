@@ -12,7 +12,8 @@ pub use module_pull_override::{
     RENEW_ANNOTATION, RENEW_FORCE_ANNOTATION,
 };
 pub use module_source::{
-    ModuleSource, ModuleSourceSpec, ModuleSourceStatus, RegistrySpec, Scheme, SourceModule,
+    ConnectSettings, ModuleSource, ModuleSourceSpec, ModuleSourceStatus, RegistrySpec,
+    RegistrySpecError, Scheme, SourceModule,
 };
 pub use scan_interval::{ScanInterval, ScanIntervalError};
 

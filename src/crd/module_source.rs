@@ -2,7 +2,52 @@ use kube::CustomResource;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use super::DockerCfg;
+use super::{DockerCfg, DockerCfgError};
+use crate::registry::{RegistryConfig, RegistryError, RepoName, Transport};
+
+/// Why a ModuleSource's `spec.registry` cannot be turned into a registry client.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrySpecError {
+    #[error(transparent)]
+    Repo(RegistryError),
+    #[error(transparent)]
+    Credentials(DockerCfgError),
+}
+
+/// Connection settings that come from the process, not from the ModuleSource.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectSettings {
+    pub connect_timeout: std::time::Duration,
+    pub read_timeout: std::time::Duration,
+    pub min_download_rate: u64,
+}
+
+impl RegistrySpec {
+    /// The client settings for this registry: its repo, the dockerCfg entry for its host, its CA
+    /// and scheme. The one translation the operator and the CLI share.
+    pub fn registry_config(
+        &self,
+        settings: ConnectSettings,
+    ) -> Result<RegistryConfig, RegistrySpecError> {
+        let repo = RepoName::parse(&self.repo).map_err(RegistrySpecError::Repo)?;
+        let credentials = self
+            .docker_cfg
+            .credentials_for(repo.host())
+            .map_err(RegistrySpecError::Credentials)?;
+        Ok(RegistryConfig {
+            repo,
+            transport: match self.scheme {
+                Scheme::Http => Transport::Http,
+                Scheme::Https => Transport::Https,
+            },
+            ca_pem: self.ca.clone(),
+            credentials,
+            connect_timeout: settings.connect_timeout,
+            read_timeout: settings.read_timeout,
+            min_download_rate: settings.min_download_rate,
+        })
+    }
+}
 
 /// A registry that holds modules: `<repo>` lists them as tags, `<repo>/<module>:<tag>` are images.
 // printcolumn(...) repeats `type_ = "string"`, which clippy mistakes for a duplicated attribute.

@@ -54,6 +54,15 @@ pub struct Layer {
 #[derive(Clone, Debug)]
 pub struct ImageManifest {
     pub layers: Vec<Layer>,
+    pub config: ConfigBlob,
+}
+
+/// The descriptor of an image's config blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigBlob {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
 }
 
 impl ImageManifest {
@@ -173,7 +182,7 @@ impl Registry {
                 platform_manifest(self.verified_manifest(image, &chosen).await?)?
             }
         };
-        to_image_manifest(&image_manifest.layers)
+        to_image_manifest(&image_manifest)
     }
 
     /// The bytes of one layer. The reader fails (at the latest at its end) when the bytes do not
@@ -215,8 +224,17 @@ impl Registry {
     /// The tags of the root repository: the module names of the source. Follows the `Link`
     /// pagination of the distribution spec, so a large source is listed whole.
     pub async fn list_modules(&self) -> Result<Vec<String>, RegistryError> {
+        self.list_tags_of(self.repo.root_repository()).await
+    }
+
+    /// The tags of `image`'s repository (`<repo>/<module>` or its `/release`), sorted; the tag
+    /// of `image` itself plays no part. Paginated like [`Registry::list_modules`].
+    pub async fn list_tags(&self, image: &ModuleRef) -> Result<Vec<String>, RegistryError> {
+        self.list_tags_of(&image.repository()).await
+    }
+
+    async fn list_tags_of(&self, repository: &str) -> Result<Vec<String>, RegistryError> {
         let endpoint = self.repo.endpoint();
-        let repository = self.repo.root_repository();
         let mut url = self
             .http
             .url_of(&endpoint, repository, "tags", "list")
@@ -258,6 +276,38 @@ impl Registry {
         Err(RegistryError::BadManifest(format!(
             "the tag list has more than {MAX_TAG_PAGES} pages"
         )))
+    }
+
+    /// The image's config blob (small JSON: entrypoint, labels, layer diff ids), its bytes
+    /// verified against the manifest's descriptor.
+    pub async fn config_blob(
+        &self,
+        image: &ModuleRef,
+        config: &ConfigBlob,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let url = self.http.url(image, "blobs", &config.digest.to_string());
+        let exchange = self.http.exchange(Method::GET, image, &url, "*/*").await?;
+        let response = exchange.response;
+        if !response.status().is_success() {
+            return Err(self.http.status_error(response).await);
+        }
+        let (body, truncated) = self
+            .http
+            .bounded(read_body(response, MAX_CONFIG_BYTES))
+            .await??;
+        if truncated {
+            return Err(RegistryError::BadManifest(format!(
+                "the image config is over {MAX_CONFIG_BYTES} bytes"
+            )));
+        }
+        let seen = Digest::of(&body);
+        if seen != config.digest {
+            return Err(RegistryError::BlobDigest {
+                expected: config.digest.clone(),
+                actual: seen.to_string(),
+            });
+        }
+        Ok(body)
     }
 
     /// The manifest at `digest`, refused unless its bytes hash to `digest`.
@@ -311,6 +361,8 @@ impl Registry {
 const TAGS_PAGE: usize = 1000;
 const MAX_TAG_PAGES: usize = 1000;
 const MAX_TAGS_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Image configs are a few KiB; registries themselves cap manifests at 4 MiB.
+const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(serde::Deserialize)]
 struct TagPage {
@@ -397,12 +449,36 @@ fn reqwest_client(
 
 const USER_AGENT: &str = concat!("mpo-operator/", env!("CARGO_PKG_VERSION"));
 
-fn to_image_manifest(layers: &[OciDescriptor]) -> Result<ImageManifest, RegistryError> {
-    if layers.is_empty() {
+fn to_image_manifest(manifest: &OciImageManifest) -> Result<ImageManifest, RegistryError> {
+    if manifest.layers.is_empty() {
         return Err(RegistryError::NoLayers);
     }
-    let layers = layers.iter().map(to_layer).collect::<Result<Vec<_>, _>>()?;
-    Ok(ImageManifest { layers })
+    let layers = manifest
+        .layers
+        .iter()
+        .map(to_layer)
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = &manifest.config;
+    Ok(ImageManifest {
+        layers,
+        config: ConfigBlob {
+            digest: descriptor_digest(config)?,
+            size: descriptor_size(config)?,
+            media_type: config.media_type.clone(),
+        },
+    })
+}
+
+fn descriptor_digest(descriptor: &OciDescriptor) -> Result<Digest, RegistryError> {
+    descriptor.digest.parse().map_err(|_| {
+        RegistryError::BadManifest(format!("digest {:?} is not sha256", descriptor.digest))
+    })
+}
+
+fn descriptor_size(descriptor: &OciDescriptor) -> Result<u64, RegistryError> {
+    u64::try_from(descriptor.size).map_err(|_| {
+        RegistryError::BadManifest(format!("blob {} has a negative size", descriptor.digest))
+    })
 }
 
 fn to_layer(descriptor: &OciDescriptor) -> Result<Layer, RegistryError> {
@@ -415,18 +491,9 @@ fn to_layer(descriptor: &OciDescriptor) -> Result<Layer, RegistryError> {
         }
         other => return Err(RegistryError::UnsupportedMediaType(other.to_owned())),
     };
-    let digest = descriptor.digest.parse().map_err(|_| {
-        RegistryError::BadManifest(format!(
-            "layer digest {:?} is not sha256",
-            descriptor.digest
-        ))
-    })?;
-    let size = u64::try_from(descriptor.size).map_err(|_| {
-        RegistryError::BadManifest(format!("layer {} has a negative size", descriptor.digest))
-    })?;
     Ok(Layer {
-        digest,
-        size,
+        digest: descriptor_digest(descriptor)?,
+        size: descriptor_size(descriptor)?,
         media_type,
     })
 }

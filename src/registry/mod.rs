@@ -17,7 +17,9 @@ mod observe;
 mod reference;
 mod verify;
 
-pub use client::{ImageManifest, Layer, LayerMediaType, Registry, RegistryConfig, Transport};
+pub use client::{
+    ConfigBlob, ImageManifest, Layer, LayerMediaType, Registry, RegistryConfig, Transport,
+};
 pub use credentials::RegistryCredentials;
 pub use error::{MAX_RETRY_AFTER, RegistryCode, RegistryError, TransportKind};
 pub use limits::{DEFAULT_MAX_REQUESTS_PER_HOST, max_requests_per_host, set_max_requests_per_host};

@@ -85,12 +85,14 @@ impl fmt::Display for RepoName {
     }
 }
 
-/// The image of one module at one tag: `<repo>/<module>:<tag>`.
+/// The image of one module at one tag: `<repo>/<module>:<tag>`, or its release image
+/// `<repo>/<module>/release:<version|channel>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModuleRef {
     repo: RepoName,
     module: String,
     tag: String,
+    release: bool,
 }
 
 impl ModuleRef {
@@ -109,6 +111,24 @@ impl ModuleRef {
             repo,
             module: module.to_owned(),
             tag: tag.to_owned(),
+            release: false,
+        })
+    }
+
+    /// The release image of `module`: `<repo>/<module>/release:<tag>` (a `version.json`, with a
+    /// version or a channel name as the tag).
+    pub fn release(repo: RepoName, module: &str, tag: &str) -> Result<Self, RegistryError> {
+        Ok(Self {
+            release: true,
+            ..Self::new(repo, module, tag)?
+        })
+    }
+
+    /// The same image repository at another tag.
+    pub fn with_tag(&self, tag: &str) -> Result<Self, RegistryError> {
+        Ok(Self {
+            release: self.release,
+            ..Self::new(self.repo.clone(), &self.module, tag)?
         })
     }
 
@@ -116,13 +136,19 @@ impl ModuleRef {
         &self.module
     }
 
-    pub(super) fn tag(&self) -> &str {
+    pub fn tag(&self) -> &str {
         &self.tag
     }
 
-    /// `<path>/<module>`: the repository part of the registry URLs and of token scopes.
+    /// `<path>/<module>` (or `<path>/<module>/release`): the repository part of the registry
+    /// URLs and of token scopes.
     pub(super) fn repository(&self) -> String {
-        self.repo.module_repository(&self.module)
+        let module = self.repo.module_repository(&self.module);
+        if self.release {
+            module + "/release"
+        } else {
+            module
+        }
     }
 
     /// The host the requests go to (`docker.io` is served by `index.docker.io`), as oci-client
@@ -132,22 +158,23 @@ impl ModuleRef {
     }
 
     pub(super) fn by_tag(&self) -> Reference {
-        Reference::with_tag(
-            self.repo.host.clone(),
-            self.repo.module_repository(&self.module),
-            self.tag.clone(),
-        )
+        Reference::with_tag(self.repo.host.clone(), self.repository(), self.tag.clone())
+    }
+
+    /// `<repo>/<module>` (or `…/release`): the image repository, for messages.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.repo.host, self.repository())
     }
 
     /// `<repo>/<module>@<digest>`, for messages.
     pub fn at_digest(&self, digest: &Digest) -> String {
-        format!("{}/{}@{digest}", self.repo, self.module)
+        format!("{}/{}@{digest}", self.repo.host, self.repository())
     }
 }
 
 impl fmt::Display for ModuleRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}:{}", self.repo, self.module, self.tag)
+        write!(f, "{}/{}:{}", self.repo.host, self.repository(), self.tag)
     }
 }
 
@@ -193,6 +220,22 @@ mod tests {
             "127.0.0.1:5000/deckhouse/modules/echo:main-patch-03354"
         );
         assert_eq!(r.by_tag().repository(), "deckhouse/modules/echo");
+        let digest = Digest::of(b"m");
+        assert_eq!(
+            r.at_digest(&digest),
+            format!("127.0.0.1:5000/deckhouse/modules/echo@{digest}")
+        );
+        let release = ModuleRef::release(r.repo.clone(), "echo", "alpha").expect("valid");
+        assert_eq!(
+            release.to_string(),
+            "127.0.0.1:5000/deckhouse/modules/echo/release:alpha"
+        );
+        let moved = release.with_tag("v1.23.1").expect("valid");
+        assert_eq!(moved.repository(), "deckhouse/modules/echo/release");
+        assert_eq!(moved.tag(), "v1.23.1");
+        let bare = RepoName::parse("r.example").expect("valid");
+        let at_root = ModuleRef::new(bare, "echo", "t").expect("valid");
+        assert_eq!(at_root.to_string(), "r.example/echo:t");
     }
 
     #[test]

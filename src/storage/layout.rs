@@ -63,6 +63,18 @@ impl Staging {
         })
     }
 
+    /// Seals the tree as [`Staging::commit`] does (modes, symlink check, durability) and renames
+    /// it to `target`, which must not exist or be an empty directory on the same filesystem: for
+    /// a tool that wants the files themselves rather than a module store.
+    pub fn keep_as(mut self, target: &Path) -> Result<PathBuf, StorageError> {
+        self.seal()?;
+        fs::rename(&self.path, target).map_err(StorageError::write(target))?;
+        let parent = Some(parent_of(target)).filter(|p| !p.as_os_str().is_empty());
+        tree::sync_dir(parent.unwrap_or(Path::new(".")))?;
+        self.committed = true;
+        Ok(target.to_path_buf())
+    }
+
     /// Refuses symlinks that leave the tree. Checked on the finished tree because a symlink
     /// written later can change where an earlier one resolves (`l -> s/..`, then `s -> .`).
     pub(super) fn check_symlinks(

@@ -174,6 +174,12 @@ impl ModuleStore {
     }
 }
 
+/// Every entry under `root` (relative path, type), parents before children, without following
+/// a symlink: for tools that list or compare unpacked trees.
+pub fn list_tree(root: &Path) -> Result<Vec<(PathBuf, std::fs::FileType)>, StorageError> {
+    tree::walk(root)
+}
+
 /// A module being unpacked. Dropping it without [`Staging::commit`] removes the directory.
 #[derive(Debug)]
 pub struct Staging {
@@ -197,6 +203,11 @@ pub struct Staging {
 impl Staging {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Regular files and hard links, and bytes of file data, written so far across layers.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.files, self.file_bytes)
     }
 }
 

@@ -60,6 +60,8 @@ enum Layer {
 #[derive(Clone, Debug)]
 pub struct ModuleImage {
     layers: Vec<Layer>,
+    /// `config.Entrypoint` of the image config: set for application images, none for modules.
+    entrypoint: Option<String>,
 }
 
 impl Default for ModuleImage {
@@ -72,6 +74,7 @@ impl ModuleImage {
     /// One empty gzip tar layer.
     pub fn new() -> Self {
         ModuleImage {
+            entrypoint: None,
             layers: vec![Layer::Tar(Vec::new())],
         }
     }
@@ -196,6 +199,13 @@ impl ModuleImage {
             .collect()
     }
 
+    /// An image meant to run (as a module's application images are): its config names `path`
+    /// as the entrypoint.
+    pub fn entrypoint(mut self, path: &str) -> Self {
+        self.entrypoint = Some(path.to_owned());
+        self
+    }
+
     /// Builds every blob and the manifest without pushing (to know layer digests, e.g. to corrupt one
     /// with `TestRegistry::blob_path`).
     pub fn build(&self) -> Result<BuiltImage> {
@@ -219,8 +229,12 @@ impl ModuleImage {
             layers.push(Blob::new(data, media_type));
         }
         // Field order fixed by hand (serde_json may or may not preserve insertion order).
+        let run = match &self.entrypoint {
+            Some(path) => serde_json::json!({ "Entrypoint": [path] }).to_string(),
+            None => "{}".to_owned(),
+        };
         let config = format!(
-            r#"{{"architecture":"amd64","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":{}}}}}"#,
+            r#"{{"architecture":"amd64","os":"linux","config":{run},"rootfs":{{"type":"layers","diff_ids":{}}}}}"#,
             serde_json::to_string(&diff_ids).context("encoding diff_ids")?
         );
         let config = Blob::new(config.into_bytes(), OCI_CONFIG.to_string());

@@ -1,0 +1,53 @@
+//! `kubectl-mpo`: what a module author does by hand with `crane` and `kubectl`, in one tool that
+//! knows the module layout (docs/cli.md):
+//!
+//! ```text
+//! <repo>:<module>                       the module names (tags of the root repository)
+//! <repo>/<module>:<tag>                 module images (and application images, by digest)
+//! <repo>/<module>/release:<v|channel>   release images holding version.json
+//! ```
+//!
+//! Registry commands run the operator's own registry client and install pipeline (same
+//! credentials handling, verified pull, safe unpack and limits); override commands talk to the
+//! cluster as kubectl does. Imports nothing from the controller (tests/layering.rs).
+
+mod args;
+mod diff;
+mod error;
+mod inspect;
+mod output;
+mod overrides;
+mod progress;
+mod source;
+
+use std::process::ExitCode;
+
+pub use args::{Cli, Command};
+pub use error::CliError;
+
+/// Runs one command; prints its result on stdout, or one line on stderr and a non-zero code.
+pub async fn run(cli: Cli) -> ExitCode {
+    match dispatch(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kubectl-mpo: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), CliError> {
+    let Cli { global, command } = cli;
+    match command {
+        Command::Modules(args) => inspect::modules(&global, args).await,
+        Command::Tags(args) => inspect::tags(&global, args).await,
+        Command::Releases(args) => inspect::releases(&global, args).await,
+        Command::Channel(args) => inspect::channel(&global, args).await,
+        Command::Files(args) => inspect::files(&global, args).await,
+        Command::Images(args) => inspect::images(&global, args).await,
+        Command::Pull(args) => inspect::pull(&global, args).await,
+        Command::Diff(args) => inspect::diff(&global, args).await,
+        Command::Renew(args) => overrides::renew(&global, args).await,
+        Command::Status(args) => overrides::status(&global, args).await,
+    }
+}

@@ -1,0 +1,279 @@
+//! Override commands: `renew` (annotate, and with --wait follow the operator's handling) and
+//! `status` (overrides with their source's flag), through the apiserver as kubectl does.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::wait::await_condition,
+};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{
+    CliError,
+    args::{Global, RenewArgs, StatusArgs},
+    output::{self, Table},
+    source::kube_client,
+};
+use crate::crd::{ModulePullOverride, ModuleSource, RENEW_ANNOTATION, RENEW_FORCE_ANNOTATION};
+
+/// One override as `status` and `renew --wait` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverrideRow {
+    pub name: String,
+    pub source: String,
+    pub tag: String,
+    pub digest: Option<String>,
+    pub updated_at: Option<String>,
+    pub ready: Option<String>,
+    pub message: String,
+    /// `overridden` of this module in the source's status; `None` when the source is missing
+    /// or has no entry for the module.
+    pub overridden: Option<bool>,
+}
+
+pub async fn renew(global: &Global, args: RenewArgs) -> Result<(), CliError> {
+    let api = Api::<ModulePullOverride>::all(kube_client(global).await?);
+    let (key, value) = if args.force {
+        (RENEW_FORCE_ANNOTATION, "true")
+    } else {
+        (RENEW_ANNOTATION, "")
+    };
+    let patch = json!({ "metadata": { "annotations": { key: value } } });
+    api.patch(&args.mpo, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| not_found_as(e, || CliError::MpoNotFound(args.mpo.clone())))?;
+    if !args.wait {
+        println!("modulepulloverride/{} annotated", args.mpo);
+        return Ok(());
+    }
+    // The operator writes the status of the pass first and then removes the annotation, so
+    // once it is gone the status is that pass's outcome.
+    let handled = move |mpo: Option<&ModulePullOverride>| {
+        mpo.is_none_or(|mpo| !mpo.annotations().contains_key(key))
+    };
+    let waited = tokio::time::timeout(args.timeout, await_condition(api, &args.mpo, handled))
+        .await
+        .map_err(|_| CliError::Timeout {
+            mpo: format!("modulepulloverride/{}", args.mpo),
+            waited: args.timeout,
+        })?;
+    let mpo = waited?.ok_or_else(|| CliError::MpoNotFound(args.mpo.clone()))?;
+    let row = override_row(&mpo, None);
+    if row.digest.is_none() || !row.message.is_empty() {
+        let message = if row.message.is_empty() {
+            "no module applied yet".to_owned()
+        } else {
+            row.message.clone()
+        };
+        return Err(CliError::Failed {
+            mpo: format!("modulepulloverride/{}", args.mpo),
+            message,
+        });
+    }
+    output::print(global.output, &row, |row| {
+        let mut table = Table::new(&["NAME", "TAG", "DIGEST", "UPDATED"]);
+        table.row(vec![
+            row.name.clone(),
+            row.tag.clone(),
+            row.digest.clone().unwrap_or_default(),
+            row.updated_at.clone().unwrap_or_default(),
+        ]);
+        table
+    })
+}
+
+pub async fn status(global: &Global, args: StatusArgs) -> Result<(), CliError> {
+    let client = kube_client(global).await?;
+    let mpos = Api::<ModulePullOverride>::all(client.clone());
+    let mpos = match &args.mpo {
+        Some(name) => vec![
+            mpos.get_opt(name)
+                .await?
+                .ok_or_else(|| CliError::MpoNotFound(name.clone()))?,
+        ],
+        None => mpos.list(&ListParams::default()).await?.items,
+    };
+    let sources: BTreeMap<String, ModuleSource> = Api::<ModuleSource>::all(client)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|s| (s.name_any(), s))
+        .collect();
+    let mut rows: Vec<OverrideRow> = mpos
+        .iter()
+        .map(|mpo| override_row(mpo, sources.get(&mpo.spec.source)))
+        .collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    let now = Utc::now();
+    if args.mpo.is_some() && global.output != output::Format::Table {
+        return output::print(global.output, &rows[0], |_| Table::default());
+    }
+    output::print(global.output, &rows, |rows| status_table(rows, now))
+}
+
+fn status_table(rows: &[OverrideRow], now: DateTime<Utc>) -> Table {
+    let mut table = Table::new(&[
+        "NAME",
+        "SOURCE",
+        "TAG",
+        "DIGEST",
+        "AGE",
+        "READY",
+        "OVERRIDDEN",
+        "MESSAGE",
+    ]);
+    for row in rows {
+        table.row(vec![
+            row.name.clone(),
+            row.source.clone(),
+            row.tag.clone(),
+            row.digest.as_deref().map(short).unwrap_or_default(),
+            row.updated_at
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| age(now - t.with_timezone(&Utc)))
+                .unwrap_or_default(),
+            row.ready.clone().unwrap_or_default(),
+            row.overridden
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| "-".into()),
+            row.message.clone(),
+        ]);
+    }
+    table
+}
+
+pub fn override_row(mpo: &ModulePullOverride, source: Option<&ModuleSource>) -> OverrideRow {
+    let status = mpo.status.clone().unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.clone());
+    let name = mpo.name_any();
+    let overridden = source
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.modules.as_ref())
+        .and_then(|modules| modules.iter().find(|m| m.name == name))
+        .map(|m| m.overridden.unwrap_or(false));
+    OverrideRow {
+        source: mpo.spec.source.clone(),
+        tag: mpo.spec.image_tag.clone(),
+        digest: status.image_digest,
+        updated_at: status.updated_at,
+        ready,
+        message: status.message.unwrap_or_default(),
+        overridden,
+        name,
+    }
+}
+
+fn not_found_as(err: kube::Error, replacement: impl FnOnce() -> CliError) -> CliError {
+    match err {
+        kube::Error::Api(status) if status.code == 404 => replacement(),
+        other => CliError::from(other),
+    }
+}
+
+/// `sha256:` and the first 12 hex digits, as a table shows an image id.
+fn short(digest: &str) -> String {
+    digest.chars().take("sha256:".len() + 12).collect()
+}
+
+/// kubectl's style: `45s`, `12m`, `5h`, `3d`.
+pub fn age(elapsed: chrono::TimeDelta) -> String {
+    let secs = elapsed.num_seconds().max(0);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86_400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{
+        ModulePullOverrideSpec, ModulePullOverrideStatus, ModuleSourceSpec, ModuleSourceStatus,
+        RegistrySpec, Scheme, SourceModule,
+    };
+
+    fn mpo(message: Option<&str>) -> ModulePullOverride {
+        let spec: ModulePullOverrideSpec =
+            serde_json::from_value(json!({"imageTag": "main", "source": "test"})).expect("spec");
+        let mut mpo = ModulePullOverride::new("echo", spec);
+        mpo.status = Some(ModulePullOverrideStatus {
+            image_digest: Some(format!("sha256:{}", "a".repeat(64))),
+            updated_at: Some("2026-12-02T10:00:00Z".into()),
+            message: message.map(String::from),
+            ..Default::default()
+        });
+        mpo
+    }
+
+    fn source(overridden: Option<bool>) -> ModuleSource {
+        let spec = ModuleSourceSpec {
+            registry: RegistrySpec {
+                repo: "r/m".into(),
+                docker_cfg: Default::default(),
+                ca: None,
+                scheme: Scheme::Https,
+            },
+            release_channel: None,
+        };
+        let mut source = ModuleSource::new("test", spec);
+        source.status = Some(ModuleSourceStatus {
+            modules: Some(vec![SourceModule {
+                name: "echo".into(),
+                overridden,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        source
+    }
+
+    #[test]
+    fn rows_carry_the_sources_flag() {
+        let row = override_row(&mpo(Some("")), Some(&source(Some(true))));
+        assert_eq!(row.overridden, Some(true));
+        assert_eq!(row.tag, "main");
+        assert_eq!(
+            override_row(&mpo(None), Some(&source(None))).overridden,
+            Some(false)
+        );
+        assert_eq!(override_row(&mpo(None), None).overridden, None);
+    }
+
+    #[test]
+    fn the_table_shortens_digests_and_shows_age() {
+        let now = DateTime::parse_from_rfc3339("2026-12-02T12:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let row = override_row(&mpo(Some("cannot resolve x")), None);
+        let text = status_table(&[row], now).render();
+        let line = text.lines().nth(1).expect("row");
+        assert!(line.contains("sha256:aaaaaaaaaaaa "), "{line}");
+        assert!(line.contains(" 2h "), "{line}");
+        assert!(line.ends_with("cannot resolve x"), "{line}");
+        assert!(line.contains(" - "), "no source: {line}");
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let s = chrono::TimeDelta::seconds;
+        assert_eq!(age(s(5)), "5s");
+        assert_eq!(age(s(125)), "2m");
+        assert_eq!(age(s(7300)), "2h");
+        assert_eq!(age(s(200_000)), "2d");
+        assert_eq!(age(s(-3)), "0s");
+    }
+}

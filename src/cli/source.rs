@@ -1,0 +1,144 @@
+//! The registry a command talks to: a ModuleSource read from the cluster (its dockerCfg, CA and
+//! scheme apply, exactly as the operator uses them), or `--repo` with local files.
+
+use std::path::{Path, PathBuf};
+
+use kube::{
+    Api, Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+use super::{CliError, args::Global, args::RepoArgs};
+use crate::{
+    crd::{ConnectSettings, DockerCfg, DockerCfgError, ModuleSource},
+    registry::{Registry, RegistryConfig, RegistryCredentials, RepoName, Transport},
+};
+
+/// The operator's defaults (`mpo-operator run --help`), so that a pull that works here works
+/// there.
+pub const CONNECT: ConnectSettings = ConnectSettings {
+    connect_timeout: std::time::Duration::from_secs(10),
+    read_timeout: std::time::Duration::from_secs(30),
+    min_download_rate: 64 * 1024,
+};
+
+/// A client for the named ModuleSource's registry, or for `--repo`.
+pub async fn registry(
+    global: &Global,
+    source: Option<&str>,
+    flags: &RepoArgs,
+) -> Result<Registry, CliError> {
+    let config = match (source, &flags.repo) {
+        (_, Some(repo)) => repo_config(repo, flags)?,
+        (Some(name), None) => source_config(global, name).await?,
+        (None, None) => {
+            return Err(CliError::Usage(
+                "name a ModuleSource, or give --repo <registry/path>".into(),
+            ));
+        }
+    };
+    Registry::new(&config).map_err(|e| CliError::Repo(Box::new(e)))
+}
+
+/// A client as kubectl would build it: `--kubeconfig`, `--context`, else $KUBECONFIG,
+/// ~/.kube/config or the in-cluster service account.
+pub async fn kube_client(global: &Global) -> Result<Client, CliError> {
+    let options = KubeConfigOptions {
+        context: global.context.clone(),
+        ..Default::default()
+    };
+    let kubeconfig = |e: &dyn std::fmt::Display| CliError::Kubeconfig(e.to_string());
+    let config = match &global.kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).map_err(|e| kubeconfig(&e))?;
+            Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| kubeconfig(&e))?
+        }
+        None if global.context.is_some() => Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| kubeconfig(&e))?,
+        None => Config::infer().await.map_err(|e| kubeconfig(&e))?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+async fn source_config(global: &Global, name: &str) -> Result<RegistryConfig, CliError> {
+    let api = Api::<ModuleSource>::all(kube_client(global).await?);
+    let source = api
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| CliError::SourceNotFound(name.to_owned()))?;
+    source
+        .spec
+        .registry
+        .registry_config(CONNECT)
+        .map_err(|cause| CliError::Source {
+            name: name.to_owned(),
+            cause: Box::new(cause),
+        })
+}
+
+fn repo_config(repo: &str, flags: &RepoArgs) -> Result<RegistryConfig, CliError> {
+    let repo = RepoName::parse(repo).map_err(|e| CliError::Repo(Box::new(e)))?;
+    let credentials = match &flags.docker_config {
+        Some(path) => credentials_from(path, repo.host())?,
+        None => default_credentials(repo.host())?,
+    };
+    let ca_pem = flags.ca.as_deref().map(read_text).transpose()?;
+    Ok(RegistryConfig {
+        repo,
+        transport: if flags.insecure_http {
+            Transport::Http
+        } else {
+            Transport::Https
+        },
+        ca_pem,
+        credentials,
+        connect_timeout: CONNECT.connect_timeout,
+        read_timeout: CONNECT.read_timeout,
+        min_download_rate: CONNECT.min_download_rate,
+    })
+}
+
+/// An explicit `--docker-config` must have an entry for the host: anonymous access instead
+/// would hide a typo behind a confusing `unauthorized`.
+fn credentials_from(path: &Path, host: &str) -> Result<RegistryCredentials, CliError> {
+    DockerCfg::new(read_text(path)?)
+        .credentials_for(host)
+        .map_err(|cause| CliError::DockerConfig {
+            path: path.to_owned(),
+            cause,
+        })
+}
+
+/// Docker's own config, as `docker pull` and `crane` read it; no entry for the host means
+/// anonymous.
+fn default_credentials(host: &str) -> Result<RegistryCredentials, CliError> {
+    let Some(path) = default_docker_config().filter(|p| p.is_file()) else {
+        return Ok(RegistryCredentials::Anonymous);
+    };
+    match credentials_from(&path, host) {
+        Err(CliError::DockerConfig {
+            cause: DockerCfgError::NoEntryForHost { .. },
+            ..
+        }) => Ok(RegistryCredentials::Anonymous),
+        other => other,
+    }
+}
+
+fn default_docker_config() -> Option<PathBuf> {
+    match std::env::var_os("DOCKER_CONFIG") {
+        Some(dir) => Some(PathBuf::from(dir).join("config.json")),
+        None => {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker/config.json"))
+        }
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|cause| CliError::ReadFile {
+        path: path.to_owned(),
+        cause,
+    })
+}

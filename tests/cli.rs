@@ -1,0 +1,871 @@
+//! `kubectl-mpo` as a module author types it: every registry command on the seed's layout (two
+//! modules, module and application images, releases `v1.23.1`/`v1.23.2`, channels
+//! `alpha`/`beta`), against htpasswd and TLS registries, with a ModuleSource read from the
+//! cluster and with `--repo`; the same answers as the crane recipes it replaces; pagination;
+//! `pull` refusing hostile images; `renew --wait` and `status` against the running operator.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use support::{
+    Cluster,
+    images::{ModuleImage, OCI_LAYER_GZIP, RawTarEntry, push},
+    layers::TarLayer,
+    proxy::{Fault, FaultProxy},
+    registry::{RegistryKind, TestRegistry},
+    scenario::{REPO_PATH, Scenario, files_under, sorted},
+};
+
+const READY: Duration = Duration::from_secs(60);
+const MODULES: [&str; 2] = ["cli-echo", "cli-hello"];
+const APP_TAG: &str = "3f9a1c0d5e7b";
+
+/// What the seed pushed, to compare the CLI's answers with.
+struct Seed {
+    /// Per module: tag → manifest digest of its module images.
+    v1: Vec<(String, String)>,
+    v1_image: ModuleImage,
+    app_digest: String,
+}
+
+/// The layout of the module-development guide, for each of [`MODULES`]: module images
+/// `v1.23.1` and `v1.23.2`, an application image, and release images for both versions plus
+/// `alpha` (→ v1.23.2) and `beta` (→ v1.23.1).
+async fn seed(registry: &TestRegistry) -> Seed {
+    let app = ModuleImage::new()
+        .file("usr/bin/app", "#!/bin/true\n")
+        .entrypoint("/usr/bin/app");
+    let mut v1 = Vec::new();
+    let (mut v1_image, mut app_digest) = (None, String::new());
+    for module in MODULES {
+        let repository = format!("{REPO_PATH}/{module}");
+        app_digest = push(registry, &repository, APP_TAG, &app)
+            .await
+            .expect("app");
+        let first = module_image(module, "v1.23.1", &app_digest)
+            .file("templates/old.yaml", "kind: ConfigMap\n");
+        let second = module_image(module, "v1.23.2", &app_digest)
+            .file("templates/new.yaml", "kind: Secret\n");
+        let digest = push(registry, &repository, "v1.23.1", &first)
+            .await
+            .expect("v1");
+        v1.push((module.to_owned(), digest));
+        push(registry, &repository, "v1.23.2", &second)
+            .await
+            .expect("v2");
+        let release = format!("{repository}/release");
+        for (tag, version) in [
+            ("v1.23.1", "v1.23.1"),
+            ("v1.23.2", "v1.23.2"),
+            ("alpha", "v1.23.2"),
+            ("beta", "v1.23.1"),
+        ] {
+            let image = ModuleImage::new()
+                .file("version.json", json!({ "version": version }).to_string())
+                .file("changelog.yaml", format!("version: {version}\n"));
+            push(registry, &release, tag, &image)
+                .await
+                .expect("release");
+        }
+        v1_image = Some(first);
+    }
+    Seed {
+        v1,
+        v1_image: v1_image.expect("seeded"),
+        app_digest,
+    }
+}
+
+/// A module image as the guide's layout has it, each path once (crane's tar listing would show
+/// a path twice if a layer held it twice).
+fn module_image(module: &str, version: &str, app_digest: &str) -> ModuleImage {
+    ModuleImage::new()
+        .file("module.yaml", format!("name: {module}\nweight: 910\n"))
+        .file("openapi/config-values.yaml", "type: object\n")
+        .file(
+            "images_digests.json",
+            json!({ "app": app_digest }).to_string(),
+        )
+        .file("version.json", json!({ "version": version }).to_string())
+}
+
+/// The CLI binary with the cluster's kubeconfig, as the plugin runs under kubectl.
+fn mpo(cluster: &Cluster, args: &[&str]) -> Output {
+    mpo_with_env(cluster, args, &[])
+}
+
+fn mpo_with_env(cluster: &Cluster, args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kubectl-mpo"));
+    command
+        .args(args)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        // No credentials of the machine's own docker config may leak into a test.
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .stdin(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("kubectl-mpo runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs and returns stdout, failing the test with the one-line error otherwise.
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: exit {:?}: {}",
+        out.status.code(),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn json_of(out: Output, what: &str) -> Value {
+    let stdout = ok(out, what);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {stdout}"))
+}
+
+/// How a test names the registry: `SOURCE` (a ModuleSource in the cluster) or `--repo …` flags.
+#[derive(Clone)]
+struct Via(Vec<String>);
+
+impl Via {
+    fn source(name: &str) -> Self {
+        Self(vec![name.to_owned()])
+    }
+
+    fn args<'a>(&'a self, command: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![command];
+        args.extend(self.0.iter().map(String::as_str));
+        args.extend(rest);
+        args
+    }
+}
+
+/// A docker config.json (raw JSON, as `docker login` writes it) for the registry, in `dir`.
+fn docker_config_dir(registry: &TestRegistry, dir: &Path) -> PathBuf {
+    let cfg = registry.docker_cfg();
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(cfg.trim())
+        .expect("docker_cfg is base64");
+    std::fs::create_dir_all(dir).expect("docker config dir");
+    std::fs::write(dir.join("config.json"), json).expect("config.json");
+    dir.to_owned()
+}
+
+fn repo_flags(registry: &TestRegistry, work: &Path, host: &str) -> Via {
+    let mut flags = vec!["--repo".to_owned(), format!("{host}/{REPO_PATH}")];
+    if registry.kind().has_auth() {
+        let dir = docker_config_dir(registry, &work.join("docker"));
+        flags.push("--docker-config".into());
+        flags.push(dir.join("config.json").display().to_string());
+    }
+    match registry.ca_file() {
+        Some(ca) => flags.extend(["--ca".to_owned(), ca.display().to_string()]),
+        None => flags.push("--insecure-http".into()),
+    }
+    Via(flags)
+}
+
+/// Every registry command on the seed, through `via`; nothing printed may carry the password.
+async fn check_every_registry_command(
+    cluster: &Cluster,
+    registry: &TestRegistry,
+    via: &Via,
+    seed: &Seed,
+) {
+    let mut printed = String::new();
+    let mut run = |args: Vec<&str>| {
+        let out = mpo(cluster, &args);
+        printed.push_str(&text(&out.stdout));
+        printed.push_str(&text(&out.stderr));
+        json_of(out, &args.join(" "))
+    };
+    let module = MODULES[0];
+
+    let modules = run(via.args("modules", &["-o", "json"]));
+    let names: Vec<&str> = modules
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(names, MODULES, "modules");
+
+    let tags = run(via.args("tags", &[module, "-o", "json"]));
+    let kinds: Vec<(&str, &str)> = tags
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|t| {
+            (
+                t["tag"].as_str().unwrap_or(""),
+                t["kind"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (APP_TAG, "application"),
+            ("v1.23.1", "module"),
+            ("v1.23.2", "module")
+        ],
+        "tags with their kinds"
+    );
+    let v1_digest = &seed.v1.iter().find(|(m, _)| m == module).expect("seeded").1;
+    assert_eq!(tags[1]["digest"].as_str(), Some(v1_digest.as_str()));
+    assert_eq!(tags[0]["digest"].as_str(), Some(seed.app_digest.as_str()));
+
+    let releases = run(via.args("releases", &[module, "-o", "json"]));
+    assert_eq!(
+        releases,
+        json!({"versions": ["v1.23.1", "v1.23.2"], "channels": ["alpha", "beta"]})
+    );
+
+    let alpha = run(via.args("channel", &[module, "alpha", "-o", "json"]));
+    assert_eq!(alpha[0]["version"], "v1.23.2", "{alpha}");
+    let all = run(via.args("channel", &[module, "-o", "json"]));
+    let pairs: Vec<(&str, &str)> = all
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| {
+            (
+                c["channel"].as_str().unwrap_or(""),
+                c["version"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(pairs, [("alpha", "v1.23.2"), ("beta", "v1.23.1")]);
+
+    let image = format!("{module}:v1.23.1");
+    let files = run(via.args("files", &[&image, "-o", "json"]));
+    let listed: Vec<&str> = files
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|f| f["type"] == "file")
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    let expected: Vec<String> = seed
+        .v1_image
+        .files()
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
+    assert_eq!(listed, expected, "files of {image}");
+
+    let images = run(via.args("images", &[&image, "-o", "json"]));
+    assert_eq!(images, json!([{"name": "app", "digest": seed.app_digest}]));
+
+    let by_digest = format!("{module}@{v1_digest}");
+    let same = run(via.args("files", &[&by_digest, "-o", "json"]));
+    assert_eq!(same, files, "MODULE@digest is the same image");
+
+    let diff = run(via.args("diff", &[module, "v1.23.1", "v1.23.2", "-o", "json"]));
+    let changes: Vec<(&str, &str)> = diff
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap_or(""),
+                c["path"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("added", "templates/new.yaml"),
+            ("removed", "templates/old.yaml"),
+            ("changed", "version.json"),
+        ],
+        "diff v1.23.1 v1.23.2: {diff}"
+    );
+
+    if let Some((_, password)) = registry.credentials() {
+        assert!(!printed.contains(password), "the password was printed");
+    }
+}
+
+#[tokio::test]
+async fn every_command_on_a_tls_htpasswd_registry_named_by_a_module_source_from_the_cluster() {
+    let cluster = require_cluster!();
+    let s = Scenario::start(
+        cluster,
+        "cli-source",
+        RegistryKind::TlsHtpasswd,
+        &MODULES,
+        &[],
+    )
+    .await;
+    let seed = seed(&s.registry).await;
+    check_every_registry_command(cluster, &s.registry, &Via::source(&s.source), &seed).await;
+
+    let table = ok(mpo(cluster, &["tags", &s.source, MODULES[0]]), "tags table");
+    let header = table.lines().next().unwrap_or("");
+    assert!(
+        header.starts_with("TAG") && header.contains("KIND") && header.contains("DIGEST"),
+        "{table}"
+    );
+
+    let missing = mpo(cluster, &["modules", "no-such-source"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(
+        text(&missing.stderr),
+        "kubectl-mpo: ModuleSource \"no-such-source\" not found\n"
+    );
+}
+
+#[tokio::test]
+async fn every_command_on_an_htpasswd_registry_with_repo_and_a_docker_config() {
+    let cluster = require_cluster!();
+    let s = Scenario::start(
+        cluster,
+        "cli-htpasswd",
+        RegistryKind::Htpasswd,
+        &MODULES,
+        &[],
+    )
+    .await;
+    let seed = seed(&s.registry).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let via = repo_flags(&s.registry, work.path(), s.registry.host());
+    check_every_registry_command(cluster, &s.registry, &via, &seed).await;
+
+    let repo = format!("{}/{REPO_PATH}", s.registry.host());
+    let anonymous = mpo(cluster, &["modules", "--repo", &repo, "--insecure-http"]);
+    assert_eq!(anonymous.status.code(), Some(1));
+    let message = text(&anonymous.stderr);
+    assert!(
+        message.contains("unauthorized") || message.contains("401"),
+        "{message}"
+    );
+    assert_eq!(message.lines().count(), 1, "one line: {message}");
+}
+
+#[tokio::test]
+async fn every_command_on_a_tls_registry_with_repo_and_a_ca_file() {
+    let cluster = require_cluster!();
+    let s = Scenario::start(cluster, "cli-tls", RegistryKind::Tls, &MODULES, &[]).await;
+    let seed = seed(&s.registry).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let via = repo_flags(&s.registry, work.path(), s.registry.host());
+    check_every_registry_command(cluster, &s.registry, &via, &seed).await;
+
+    let repo = format!("{}/{REPO_PATH}", s.registry.host());
+    let untrusted = mpo(cluster, &["modules", "--repo", &repo]);
+    assert_eq!(
+        untrusted.status.code(),
+        Some(1),
+        "{}",
+        text(&untrusted.stderr)
+    );
+    assert!(
+        text(&untrusted.stderr).contains("certificate"),
+        "{}",
+        text(&untrusted.stderr)
+    );
+}
+
+/// crane, built from the Go module proxy by hack/crane.sh; `None` outside CI when it is missing.
+fn crane() -> Option<PathBuf> {
+    let path = std::env::var_os("MPO_CRANE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("HOME")
+                .map(PathBuf::from)?
+                .join(".cache/mpo-operator/crane/v0.22.1/crane");
+            cache.is_file().then_some(cache)
+        });
+    match path {
+        Some(path) if path.is_file() => Some(path),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("crane is missing: run bash hack/crane.sh (MPO_CRANE)")
+        }
+        _ => {
+            eprintln!("SKIPPED: crane is missing (bash hack/crane.sh)");
+            None
+        }
+    }
+}
+
+fn crane_out(crane: &Path, docker: &Path, args: &[&str]) -> String {
+    let out = Command::new(crane)
+        .args(args)
+        .env("DOCKER_CONFIG", docker)
+        .output()
+        .expect("crane runs");
+    assert!(
+        out.status.success(),
+        "crane {}: {}",
+        args.join(" "),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// `crane export IMAGE - | tar <tar_args> -`: the guide's recipes for reading an image's files.
+fn crane_export_tar(crane: &Path, docker: &Path, image: &str, tar_args: &[&str]) -> String {
+    let mut export = Command::new(crane)
+        .args(["export", "--insecure", image, "-"])
+        .env("DOCKER_CONFIG", docker)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("crane export runs");
+    let stdout = export.stdout.take().expect("pipe");
+    let out = Command::new("tar")
+        .args(tar_args)
+        .stdin(stdout)
+        .output()
+        .expect("tar runs");
+    assert!(
+        export.wait().expect("crane export ends").success(),
+        "crane export {image}"
+    );
+    assert!(
+        out.status.success(),
+        "tar {}: {}",
+        tar_args.join(" "),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn field(value: &Value, key: &str) -> Vec<String> {
+    let mut out: Vec<String> = value
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|v| v[key].as_str().map(str::to_owned))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn answers_match_the_crane_recipes_of_the_module_guide() {
+    let cluster = require_cluster!();
+    let Some(crane) = crane() else { return };
+    let s = Scenario::start(cluster, "cli-crane", RegistryKind::Htpasswd, &MODULES, &[]).await;
+    let seed = seed(&s.registry).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let docker = docker_config_dir(&s.registry, &work.path().join("docker"));
+    let repo = format!("{}/{REPO_PATH}", s.registry.host());
+    let source = s.source.as_str();
+    let module = MODULES[1];
+    let ours = |args: &[&str]| json_of(mpo(cluster, args), &args.join(" "));
+
+    let crane_ls = |path: &str| lines(&crane_out(&crane, &docker, &["ls", "--insecure", path]));
+    assert_eq!(
+        field(&ours(&["modules", source, "-o", "json"]), "name"),
+        crane_ls(&repo)
+    );
+    assert_eq!(
+        field(
+            &ours(&["tags", source, module, "--no-kind", "-o", "json"]),
+            "tag"
+        ),
+        crane_ls(&format!("{repo}/{module}"))
+    );
+    let releases = ours(&["releases", source, module, "-o", "json"]);
+    let mut all: Vec<String> = ["versions", "channels"]
+        .iter()
+        .flat_map(|k| releases[k].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    all.sort();
+    assert_eq!(all, crane_ls(&format!("{repo}/{module}/release")));
+
+    for channel in ["alpha", "beta"] {
+        let image = format!("{repo}/{module}/release:{channel}");
+        let theirs: Value = serde_json::from_str(&crane_export_tar(
+            &crane,
+            &docker,
+            &image,
+            &["-Oxf", "-", "version.json"],
+        ))
+        .expect("version.json");
+        let ours = ours(&["channel", source, module, channel, "-o", "json"]);
+        assert_eq!(ours[0]["version"], theirs["version"], "{channel}");
+    }
+
+    let image = format!("{repo}/{module}:v1.23.2");
+    // Every entry, directories included (tar -t writes them as the layer names them).
+    let theirs: Vec<String> = lines(&crane_export_tar(&crane, &docker, &image, &["-tf", "-"]))
+        .into_iter()
+        .map(|p| p.trim_end_matches('/').to_owned())
+        .collect();
+    let files = ours(&["files", source, &format!("{module}:v1.23.2"), "-o", "json"]);
+    let ours_files = field(&files, "path");
+    assert_eq!(ours_files, theirs, "files");
+
+    let theirs: Value = serde_json::from_str(&crane_export_tar(
+        &crane,
+        &docker,
+        &image,
+        &["-Oxf", "-", "images_digests.json"],
+    ))
+    .expect("images_digests.json");
+    let ours_images = ours(&["images", source, &format!("{module}:v1.23.2"), "-o", "json"]);
+    assert_eq!(
+        ours_images,
+        json!([{"name": "app", "digest": theirs["app"]}])
+    );
+    assert_eq!(theirs["app"], seed.app_digest);
+}
+
+#[tokio::test]
+async fn tag_lists_follow_pagination_through_a_registry_that_pages() {
+    let cluster = require_cluster!();
+    let many: Vec<String> = (0..7).map(|i| format!("cli-page-{i}")).collect();
+    let names: Vec<&str> = many.iter().map(String::as_str).collect();
+    let s = Scenario::start(cluster, "cli-pages", RegistryKind::Plain, &names, &[]).await;
+    let proxy = FaultProxy::start(&s.registry);
+    proxy.fail("/tags/list", Fault::PageTags(2));
+    let tag_image = ModuleImage::module("cli-page-0", 900, "x");
+    for i in 0..5 {
+        s.push("cli-page-0", &format!("t{i}"), &tag_image).await;
+    }
+    let repo = format!("{}/{REPO_PATH}", proxy.host());
+    let out = mpo(
+        cluster,
+        &["modules", "--repo", &repo, "--insecure-http", "-o", "json"],
+    );
+    assert_eq!(
+        field(&json_of(out, "modules"), "name"),
+        many,
+        "every page of modules"
+    );
+    let out = mpo(
+        cluster,
+        &[
+            "tags",
+            "--repo",
+            &repo,
+            "--insecure-http",
+            "cli-page-0",
+            "--no-kind",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(
+        field(&json_of(out, "tags"), "tag"),
+        ["t0", "t1", "t2", "t3", "t4"]
+    );
+    assert!(
+        proxy.count("GET", "/tags/list") >= 4 + 3,
+        "pages: {}",
+        proxy.count("GET", "/tags/list")
+    );
+}
+
+#[tokio::test]
+async fn pull_unpacks_safely_and_refuses_what_the_operator_refuses() {
+    let cluster = require_cluster!();
+    let s = Scenario::start(cluster, "cli-pull", RegistryKind::Plain, &["cli-pull"], &[]).await;
+    let module = "cli-pull";
+    let good = ModuleImage::module(module, 920, "good");
+    let digest = s.push(module, "good", &good).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let via = repo_flags(&s.registry, work.path(), s.registry.host());
+
+    let into = work.path().join("out");
+    let into_arg = into.display().to_string();
+    let out = mpo(
+        cluster,
+        &via.args(
+            "pull",
+            &[&format!("{module}:good"), &into_arg, "-o", "json"],
+        ),
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "no progress when not a terminal: {}",
+        text(&out.stderr)
+    );
+    let pulled = json_of(out, "pull");
+    assert_eq!(pulled["digest"], digest.as_str());
+    assert_eq!(pulled["weight"], 920);
+    assert_eq!(files_under(&into), sorted(good.files()), "byte for byte");
+
+    let again = mpo(
+        cluster,
+        &via.args("pull", &[&format!("{module}:good"), &into_arg]),
+    );
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "a non-empty target is refused"
+    );
+    assert_eq!(files_under(&into), sorted(good.files()), "and left alone");
+
+    let store = work.path().join("store");
+    let store_arg = store.display().to_string();
+    ok(
+        mpo(
+            cluster,
+            &via.args(
+                "pull",
+                &["--store", &format!("{module}@{digest}"), &store_arg],
+            ),
+        ),
+        "pull --store",
+    );
+    let hex = digest.trim_start_matches("sha256:");
+    assert_eq!(
+        std::fs::read_link(store.join(module).join("dev")).expect("dev link"),
+        Path::new("versions").join(hex)
+    );
+    assert!(store.join("modules/920-cli-pull/module.yaml").is_file());
+
+    let hostile: Vec<(&str, ModuleImage, &str)> = vec![
+        (
+            "dotdot",
+            with_layer(module, "dotdot", &[RawTarEntry::file("../../escape", "x")]),
+            "path leaves the module root",
+        ),
+        (
+            "absolute",
+            with_layer(module, "abs", &[RawTarEntry::file("/tmp/cli-abs", "x")]),
+            "absolute path",
+        ),
+        (
+            "symlink",
+            with_layer(module, "sym", &[RawTarEntry::symlink("out", "/etc")]),
+            "leaves the module root",
+        ),
+        (
+            "device",
+            with_layer(
+                module,
+                "dev",
+                &[RawTarEntry::new("null", tar::EntryType::Char, "", "")],
+            ),
+            "refused entry",
+        ),
+        (
+            "bad module.yaml",
+            ModuleImage::new().file("module.yaml", "weight: [unclosed\n"),
+            "module.yaml",
+        ),
+        (
+            "other name",
+            ModuleImage::module("someone-else", 900, "x"),
+            "name",
+        ),
+    ];
+    for (case, image, expected) in hostile {
+        let tag = format!("hostile-{}", case.replace([' ', '.'], "-"));
+        s.push(module, &tag, &image).await;
+        let target = work.path().join(&tag);
+        let out = mpo(
+            cluster,
+            &via.args(
+                "pull",
+                &[&format!("{module}:{tag}"), &target.display().to_string()],
+            ),
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{case} refused: {stderr}");
+        assert!(stderr.contains(expected), "{case}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{case}: one line: {stderr}");
+        assert!(!target.exists(), "{case}: nothing left at the target");
+        let leftovers: Vec<_> = std::fs::read_dir(work.path())
+            .expect("work dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".kubectl-mpo-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{case}: work directory removed");
+    }
+    assert!(!Path::new("/tmp/cli-abs").exists());
+}
+
+fn with_layer(module: &str, marker: &str, entries: &[RawTarEntry]) -> ModuleImage {
+    let tar = entries.iter().fold(TarLayer::new(), |tar, e| tar.entry(e));
+    ModuleImage::module(module, 900, marker).raw_layer(tar.gzip(), OCI_LAYER_GZIP)
+}
+
+#[tokio::test]
+async fn a_pull_on_a_terminal_shows_progress() {
+    let cluster = require_cluster!();
+    let s = Scenario::start(
+        cluster,
+        "cli-progress",
+        RegistryKind::Plain,
+        &["cli-progress"],
+        &[],
+    )
+    .await;
+    let module = "cli-progress";
+    s.push(
+        module,
+        "big",
+        &support::images::large_module(module, 4 << 20),
+    )
+    .await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let target = work.path().join("out");
+    let repo = format!("{}/{REPO_PATH}", s.registry.host());
+    let command = format!(
+        "KUBECONFIG=/nonexistent {} pull --repo {repo} --insecure-http {module}:big {}",
+        env!("CARGO_BIN_EXE_kubectl-mpo"),
+        target.display()
+    );
+    // util-linux's script(1) runs the command on a pseudo-terminal, as a user's shell would.
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script runs");
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("pulling ") && shown.contains("(100%)"),
+        "{shown}"
+    );
+    assert!(shown.contains("MiB"), "{shown}");
+}
+
+#[tokio::test]
+async fn renew_waits_for_the_operator_and_says_how_it_went() {
+    let cluster = require_cluster!();
+    let module = "cli-renew";
+    let mut s = Scenario::start(cluster, "cli-renew", RegistryKind::Plain, &[module], &[]).await;
+    let first = s
+        .push(module, "main", &ModuleImage::module(module, 900, "one"))
+        .await;
+    s.apply_mpo(module, "main", "1h");
+    s.wait_for_digest(module, &first, READY).await;
+
+    let second = s
+        .push(module, "main", &ModuleImage::module(module, 900, "two"))
+        .await;
+    let out = mpo(
+        cluster,
+        &["renew", module, "--wait", "--timeout", "60s", "-o", "json"],
+    );
+    let renewed = json_of(out, "renew --wait");
+    assert_eq!(
+        renewed["digest"],
+        second.as_str(),
+        "the new digest, at once despite the 1h interval"
+    );
+    assert_eq!(
+        s.status_str(module, "imageDigest").as_deref(),
+        Some(second.as_str())
+    );
+
+    s.push(
+        module,
+        "main",
+        &ModuleImage::new().file("module.yaml", "weight: [unclosed\n"),
+    )
+    .await;
+    let out = mpo(cluster, &["renew", module, "--wait", "--timeout", "60s"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "kubectl-mpo: modulepulloverride/{module}: invalid module {module}@"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        s.status_str(module, "imageDigest").as_deref(),
+        Some(second.as_str()),
+        "kept"
+    );
+
+    let status = json_of(mpo(cluster, &["status", module, "-o", "json"]), "status");
+    assert_eq!(status["digest"], second.as_str());
+    assert_eq!(status["overridden"], true);
+    assert_eq!(status["ready"], "False");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("invalid module"),
+        "{status}"
+    );
+    let table = ok(mpo(cluster, &["status"]), "status table");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{module} ")))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains(&second[..19]) && row.contains(" true "),
+        "{row}"
+    );
+
+    let plugin_path = format!(
+        "{}:{}",
+        Path::new(env!("CARGO_BIN_EXE_kubectl-mpo"))
+            .parent()
+            .expect("dir")
+            .display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(&cluster.kubectl)
+        .args(["mpo", "status", module, "-o", "json"])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("PATH", plugin_path)
+        .output()
+        .expect("kubectl runs");
+    assert_eq!(
+        json_of(out, "kubectl mpo status")["name"],
+        module,
+        "works as a kubectl plugin"
+    );
+
+    let gone = mpo(cluster, &["renew", "cli-no-such-mpo"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert_eq!(
+        text(&gone.stderr),
+        "kubectl-mpo: ModulePullOverride \"cli-no-such-mpo\" not found\n"
+    );
+
+    // An MPO that no operator watches (every test operator watches only its own label), so
+    // nobody handles the renew. Stopping our operator instead would leave its finalizer behind.
+    let orphan = "cli-renew-unwatched";
+    let yaml = s
+        .mpo_yaml(orphan, "main", "1h")
+        .replace(&format!("mpo-test: {}", s.id.0), "mpo-test: nobody");
+    cluster.apply_ok(&yaml);
+    s.track(&format!("mop/{orphan}"));
+    let out = mpo(
+        cluster,
+        &["renew", orphan, "--force", "--wait", "--timeout", "2s"],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "timed out: {stderr}");
+    assert!(stderr.contains("timed out after 2s"), "{stderr}");
+    let annotations = cluster.jsonpath(&format!("mop/{orphan}"), "{.metadata.annotations}");
+    assert!(
+        annotations.contains("modules.deckhouse.io/renew"),
+        "{annotations}"
+    );
+}
