@@ -15,6 +15,12 @@ fi
 # crane, for the CLI tests that compare kubectl-mpo with the module guide's crane recipes.
 MPO_CRANE=${MPO_CRANE:-$(bash hack/crane.sh | tail -n 1)}
 export MPO_CRANE
+# The operator image from the Dockerfile (podman, local base images), for tests/image.rs.
+if [ -z "${MPO_IMAGE:-}" ]; then
+  log "building the operator image (hack/image.sh; about 8 minutes the first time)"
+  MPO_IMAGE=$(bash hack/image.sh | tail -n 1)
+fi
+export MPO_IMAGE
 
 log "compiling the tests first, so that rustc does not compete with the control plane for the CPUs"
 cargo test --locked --no-run "$@"

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use support::{
     images::{ModuleImage, large_module},
+    proxy::{Fault, FaultProxy},
     registry::RegistryKind,
     scenario::{REPO_PATH, Scenario, files_under, sorted},
     wait_for,
@@ -256,4 +257,38 @@ async fn a_new_pod_restores_the_recorded_digest_when_the_tag_is_gone_or_broken()
             "{module}: restoring the same digest is no ModuleUpdated"
         );
     }
+}
+
+/// SPEC §9: a status write depends on what its pass read. An object changed while the pass
+/// downloads (here a label; in HA, a newer leader's result) makes the apiserver refuse the stale
+/// write (409); the pass is redone on the newer object and its result lands.
+#[tokio::test]
+async fn a_status_write_after_the_object_changed_mid_pass_is_refused_and_redone() {
+    let cluster = require_cluster!();
+    let module = "stale-write";
+    let mut s = Scenario::start(cluster, "stale-write", RegistryKind::Plain, &[module], &[]).await;
+    let proxy = FaultProxy::start(&s.registry);
+    s.route_source_through(proxy.host());
+    let pushed = s
+        .push(module, "main", &large_module(module, 512 << 10))
+        .await;
+    // About 4 s per download, above --min-download-rate.
+    proxy.fail_method("GET", "/blobs/", Fault::Slow(128 << 10));
+    s.apply_mpo(module, "main", "1h");
+    wait_for("the download to start", WAIT, || async {
+        (proxy.count("GET", "/blobs/") >= 1).then_some(())
+    })
+    .await;
+    cluster.kubectl_ok(&["label", &format!("mop/{module}"), "touched=yes"]);
+
+    s.wait_for_digest(module, &pushed, WAIT).await;
+    let log = s.operator.log();
+    assert!(
+        log.contains("status not written: the object changed since this pass read it"),
+        "the stale write was refused: {log}"
+    );
+    assert!(
+        proxy.count("GET", "/blobs/") >= 2,
+        "the pass was redone on the newer object"
+    );
 }

@@ -30,8 +30,10 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
         Ok(interval) => interval,
         Err(e) => {
             let outcome = Outcome::Failed(PassError::BadSpec(e.to_string()));
-            publish(&mpo, ctx, &outcome).await?;
-            return Ok(Action::await_change());
+            return Ok(match publish(&mpo, ctx, &outcome).await? {
+                Published::Conflict => Action::requeue(CONFLICT_RETRY),
+                _ => Action::await_change(),
+            });
         }
     };
     let source = ctx.source(&mpo.spec.source);
@@ -68,7 +70,12 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
     if let Outcome::Failed(err) = &outcome {
         warn!(mpo = %name, reason = err.reason(), "{err}");
     }
-    let written = publish(&mpo, ctx, &outcome).await?;
+    let written = match publish(&mpo, ctx, &outcome).await? {
+        Published::Written(version) => version,
+        Published::Unchanged => None,
+        // The renew stays, the check is not recorded: the pass on the newer object redoes it.
+        Published::Conflict => return Ok(Action::requeue(CONFLICT_RETRY)),
+    };
     let expected_version = written
         .clone()
         .or_else(|| mpo.metadata.resource_version.clone());
@@ -223,27 +230,44 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
     }
 }
 
-/// The one status write of a pass, skipped when nothing would change.
-/// Returns the resourceVersion of the written object, or `None` when nothing needed writing.
+/// After a status write refused because the object changed: the watch delivers the newer
+/// object at about the same time; this is the fallback.
+const CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+enum Published {
+    Unchanged,
+    /// The resourceVersion the write produced.
+    Written(Option<String>),
+    /// The object changed since this pass read it; nothing was written.
+    Conflict,
+}
+
+/// The one status write of a pass, skipped when nothing would change, and conditional on the
+/// object version the pass read (SPEC §9: a stale writer fails instead of overwriting).
 async fn publish(
     mpo: &ModulePullOverride,
     ctx: &Context,
     outcome: &Outcome,
-) -> Result<Option<String>, ControllerError> {
+) -> Result<Published, ControllerError> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let desired = status::desired_status(mpo, outcome, &now);
     if !status::status_differs(mpo, &desired) {
-        return Ok(None);
+        return Ok(Published::Unchanged);
     }
     let api = Api::<ModulePullOverride>::all(ctx.client.clone());
     let name = mpo.name_any();
-    let written = api
-        .patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(status::status_patch(&desired)),
-        )
-        .await?;
+    let patch = status::status_patch(&desired, mpo.metadata.resource_version.as_deref());
+    let written = match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(written) => written,
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            info!(mpo = %name, "status not written: the object changed since this pass read it; checking again");
+            return Ok(Published::Conflict);
+        }
+        Err(e) => return Err(e.into()),
+    };
     info!(
         mpo = %name,
         digest = desired.image_digest.as_deref().unwrap_or_default(),
@@ -251,7 +275,7 @@ async fn publish(
         "status patched"
     );
     announce(mpo, ctx, outcome).await;
-    Ok(written.metadata.resource_version)
+    Ok(Published::Written(written.metadata.resource_version))
 }
 
 /// Events for what changed: a new module switched in, or a new failure. An identical failure

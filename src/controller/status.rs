@@ -98,15 +98,33 @@ pub fn status_differs(mpo: &ModulePullOverride, desired: &ModulePullOverrideStat
     mpo.status.as_ref() != Some(desired)
 }
 
-/// The merge patch body for the status subresource.
-pub fn status_patch(desired: &ModulePullOverrideStatus) -> Value {
-    json!({ "status": desired })
+/// The merge patch body for the status subresource. It carries the resourceVersion the pass
+/// read (when known) as a precondition: if the object changed since — a newer leader wrote its
+/// result, a user edited the spec — the apiserver refuses the write with 409 instead of letting
+/// a stale pass overwrite it.
+pub fn status_patch(desired: &ModulePullOverrideStatus, read_version: Option<&str>) -> Value {
+    match read_version {
+        Some(version) => json!({ "metadata": { "resourceVersion": version }, "status": desired }),
+        None => json!({ "status": desired }),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crd::ModulePullOverrideSpec;
+
+    #[test]
+    fn status_patches_are_conditional_on_the_version_the_pass_read() {
+        let desired = ModulePullOverrideStatus {
+            message: Some(String::new()),
+            ..Default::default()
+        };
+        let patch = status_patch(&desired, Some("42"));
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(patch["status"]["message"], "");
+        assert!(status_patch(&desired, None).get("metadata").is_none());
+    }
 
     fn mpo(status: Option<ModulePullOverrideStatus>) -> ModulePullOverride {
         let mut m = ModulePullOverride::new(
