@@ -202,8 +202,7 @@ pub fn age(elapsed: chrono::TimeDelta) -> String {
 mod tests {
     use super::*;
     use crate::crd::{
-        ModulePullOverrideSpec, ModulePullOverrideStatus, ModuleSourceSpec, ModuleSourceStatus,
-        RegistrySpec, Scheme, SourceModule,
+        ModulePullOverrideSpec, ModulePullOverrideStatus, ModuleSourceStatus, SourceModule,
     };
 
     fn mpo(message: Option<&str>) -> ModulePullOverride {
@@ -220,16 +219,7 @@ mod tests {
     }
 
     fn source(overridden: Option<bool>) -> ModuleSource {
-        let spec = ModuleSourceSpec {
-            registry: RegistrySpec {
-                repo: "r/m".into(),
-                docker_cfg: Default::default(),
-                ca: None,
-                scheme: Scheme::Https,
-            },
-            release_channel: None,
-        };
-        let mut source = ModuleSource::new("test", spec);
+        let mut source = crate::crd::test_source("test");
         source.status = Some(ModuleSourceStatus {
             modules: Some(vec![SourceModule {
                 name: "echo".into(),

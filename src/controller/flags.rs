@@ -328,24 +328,12 @@ async fn release_legacy_managers(
 mod tests {
     use super::*;
     use crate::crd::{
-        ModulePullOverrideSpec, ModulePullOverrideStatus, ModuleSourceSpec, ModuleSourceStatus,
-        RegistrySpec, Scheme, SourceModule,
+        ModulePullOverrideSpec, ModulePullOverrideStatus, ModuleSourceStatus, SourceModule,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
 
     fn source(listed: Option<&[&str]>) -> ModuleSource {
-        let mut s = ModuleSource::new(
-            "src",
-            ModuleSourceSpec {
-                registry: RegistrySpec {
-                    repo: "r/m".into(),
-                    docker_cfg: Default::default(),
-                    ca: None,
-                    scheme: Scheme::Https,
-                },
-                release_channel: None,
-            },
-        );
+        let mut s = crate::crd::test_source("src");
         s.status = listed.map(|names| ModuleSourceStatus {
             modules: Some(
                 names

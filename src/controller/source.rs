@@ -97,19 +97,10 @@ fn credentials_message(err: &DockerCfgError, source_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ModuleSourceSpec, ModuleSourceStatus, RegistrySpec, Scheme, SourceModule};
+    use crate::crd::{ModuleSourceStatus, SourceModule, test_source};
 
     fn source(count: Option<i64>, names: &[&str]) -> ModuleSource {
-        let spec = ModuleSourceSpec {
-            registry: RegistrySpec {
-                repo: "r/m".into(),
-                docker_cfg: Default::default(),
-                ca: None,
-                scheme: Scheme::Https,
-            },
-            release_channel: None,
-        };
-        let mut s = ModuleSource::new("src", spec);
+        let mut s = test_source("src");
         s.status = Some(ModuleSourceStatus {
             modules: Some(
                 names

@@ -11,6 +11,8 @@ pub use module_pull_override::{
     FINALIZER, ModulePullOverride, ModulePullOverrideSpec, ModulePullOverrideStatus,
     RENEW_ANNOTATION, RENEW_FORCE_ANNOTATION,
 };
+#[cfg(test)]
+pub use module_source::test_source;
 pub use module_source::{
     ConnectSettings, ModuleSource, ModuleSourceSpec, ModuleSourceStatus, RegistrySpec,
     RegistrySpecError, Scheme, SourceModule,

@@ -129,6 +129,23 @@ pub struct SourceModule {
     pub error: Option<String>,
 }
 
+/// For unit tests: a source named `name` on `r/m` over HTTPS, anonymous, without status.
+#[cfg(test)]
+pub fn test_source(name: &str) -> ModuleSource {
+    ModuleSource::new(
+        name,
+        ModuleSourceSpec {
+            registry: RegistrySpec {
+                repo: "r/m".into(),
+                docker_cfg: Default::default(),
+                ca: None,
+                scheme: Scheme::Https,
+            },
+            release_channel: None,
+        },
+    )
+}
+
 /// A list-map keyed by `name`, so that server-side apply merges entries instead of replacing the
 /// list: the scan and each MPO own different entries and fields.
 fn modules_list_map(generator: &mut SchemaGenerator) -> Schema {
