@@ -2,6 +2,11 @@
 # Builds kube-apiserver and kubectl from the k8s.io/kubernetes Go module, once per version,
 # into a per-user cache. Prints the directory holding the binaries on its last line.
 #
+# Opt-in, for the real-node tier (hack/node.sh): `hack/k8s-bins.sh node` or MPO_K8S_NODE_BINS=1
+# also builds kubelet, kube-controller-manager, kube-scheduler and kube-proxy into the same
+# directory (warm Go cache on 2 cores: about 4 min in all), reusing the wrapper module when the
+# server binaries are already there.
+#
 # `go install k8s.io/kubernetes/cmd/kube-apiserver@v…` cannot work: that module's go.mod points every
 # staging module (k8s.io/api, …) at ./staging with `replace`, which go install refuses. So we build
 # from a throw-away wrapper module that replaces each staging module with its published v0.x.y.
@@ -14,21 +19,37 @@ CACHE=${MPO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mpo-operator}
 OUT=$CACHE/k8s/v$KV
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0 GOWORK=off
 
+NODE_BINS=(kubelet kube-controller-manager kube-scheduler kube-proxy)
+NODE=0
+if [ "${1:-}" = node ] || [ "${MPO_K8S_NODE_BINS:-0}" = 1 ]; then NODE=1; fi
+
 log() { printf '[k8s-bins] %s\n' "$*" >&2; }
 
 have() { [ -x "$OUT/$1" ] && "$OUT/$1" --version 2>/dev/null | grep -q "v$KV"; }
+have_node() { local b; for b in "${NODE_BINS[@]}"; do have "$b" || return 1; done; }
+SERVER=1
 if have kube-apiserver && [ -x "$OUT/kubectl" ]; then
-  echo "$OUT"
-  exit 0
+  SERVER=0
+  if [ "$NODE" = 0 ] || have_node; then
+    echo "$OUT"
+    exit 0
+  fi
 fi
 
 command -v go >/dev/null || { log "go is not installed: it is needed to build kube-apiserver v$KV"; exit 1; }
 mkdir -p "$OUT"
 MOD=$CACHE/k8s/wrapper-v$KV
-rm -rf "$MOD" && mkdir -p "$MOD" && cd "$MOD"
 started=$(date +%s)
+STEPS=4; [ "$NODE" = 0 ] || STEPS=$((4 + ${#NODE_BINS[@]}))
 
-log "step 1/4: resolving k8s.io/kubernetes@v$KV and its staging modules (v$SV) through the Go module proxy"
+if [ "$SERVER" = 0 ] && grep -q "k8s.io/kubernetes v$KV" "$MOD/go.mod" 2>/dev/null; then
+  # Node binaries only: the server binaries were built from this wrapper module already.
+  cd "$MOD"
+  log "kube-apiserver and kubectl v$KV are built; reusing the wrapper module $MOD"
+else
+rm -rf "$MOD" && mkdir -p "$MOD" && cd "$MOD"
+
+log "step 1/$STEPS: resolving k8s.io/kubernetes@v$KV and its staging modules (v$SV) through the Go module proxy"
 go mod init mpo-operator.local/k8sbins >/dev/null 2>&1
 go mod edit -go=1.26
 KMOD=$(go mod download -json "k8s.io/kubernetes@v$KV" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
@@ -39,8 +60,9 @@ sed -n 's/^godebug \([^()]*\)$/\1/p' "$KMOD" | while read -r g; do go mod edit "
 log "  $(grep -c '=> k8s.io' go.mod) staging modules replaced"
 go get "k8s.io/kubernetes@v$KV" 2>&1 | grep -v '^go: downloading' >&2 || true
 
-log "step 2/4: downloading dependency modules (about 1-2 GB on a cold cache)"
+log "step 2/$STEPS: downloading dependency modules (about 1-2 GB on a cold cache)"
 go mod download -x 2>&1 | grep -c '# get' >/dev/null || true
+fi
 
 LDF="-s -w -X k8s.io/component-base/version.gitVersion=v$KV -X k8s.io/component-base/version.gitMajor=1 \
  -X k8s.io/component-base/version.gitMinor=$MINOR -X k8s.io/component-base/version.gitTreeState=clean \
@@ -60,10 +82,21 @@ build_with_progress() {
   mv "$OUT/$name.tmp" "$OUT/$name"
 }
 
-log "step 3/4: building kube-apiserver v$KV (cold: 10-25 min on 2 cores)"
-build_with_progress kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
-log "step 4/4: building kubectl v$KV"
-build_with_progress kubectl k8s.io/kubernetes/cmd/kubectl
+if [ "$SERVER" = 1 ]; then
+  log "step 3/$STEPS: building kube-apiserver v$KV (cold: 10-25 min on 2 cores)"
+  build_with_progress kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+  log "step 4/$STEPS: building kubectl v$KV"
+  build_with_progress kubectl k8s.io/kubernetes/cmd/kubectl
+fi
+if [ "$NODE" = 1 ]; then
+  step=4
+  for b in "${NODE_BINS[@]}"; do
+    step=$((step + 1))
+    if have "$b"; then log "step $step/$STEPS: $b v$KV already built"; continue; fi
+    log "step $step/$STEPS: building $b v$KV"
+    build_with_progress "$b" "k8s.io/kubernetes/cmd/$b"
+  done
+fi
 
 "$OUT/kube-apiserver" --version >&2
 log "done in $(( $(date +%s) - started ))s; binaries in $OUT ($(du -sh "$OUT" | cut -f1))"
