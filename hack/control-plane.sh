@@ -63,8 +63,23 @@ start() {
   echo $! >> "$d/pids"
   wait_until 30 etcd curl -sf "http://127.0.0.1:$etcd_port/health" || { tail -20 "$d/etcd.log" >&2; exit 1; }
 
+  # Audit: who wrote the operator's objects and leases, and when (tests/deploy.rs reads it to show
+  # that a fenced leader wrote nothing after it was cut off). Metadata only, writes only.
+  cat > "$d/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete]
+  resources:
+  - group: deckhouse.io
+  - group: coordination.k8s.io
+- level: None
+POLICY
   log "starting kube-apiserver on 127.0.0.1:$api_port"
   "$APISERVER" \
+    --audit-policy-file="$d/audit-policy.yaml" --audit-log-path="$d/audit.log" --audit-log-format=json \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
     --bind-address=127.0.0.1 --secure-port="$api_port" \
     --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
@@ -88,6 +103,7 @@ export KUBECONFIG=$d/kubeconfig
 export MPO_TEST_KUBECONFIG=$d/kubeconfig
 export MPO_TEST_KUBECTL=$KUBECTL
 export MPO_TEST_CONTROL_PLANE=$d
+export MPO_TEST_AUDIT_LOG=$d/audit.log
 export PATH=$(dirname "$KUBECTL"):\$PATH
 ENV
   log "ready: KUBECONFIG=$d/kubeconfig"

@@ -426,8 +426,10 @@ async fn a_leader_cut_off_from_the_apiserver_stops_and_the_standby_takes_over() 
     let (module, _) = s.ready_module("2s").await;
     assert!(first.module_dir(&module).join("dev").exists());
 
+    let old_agent = format!("({})", replica_identity(&first));
     relay.cut();
     let cut_at = std::time::Instant::now();
+    let cut_wall = chrono::Utc::now();
     // `is_running` reaps the child, so it needs `&mut`: a polling loop with a deadline.
     let deadline = cut_at + Duration::from_secs(30);
     while first.is_running() {
@@ -467,5 +469,70 @@ async fn a_leader_cut_off_from_the_apiserver_stops_and_the_standby_takes_over() 
         "took over {:?} after the cut",
         cut_at.elapsed()
     );
+
+    // The apiserver's own record: the old leader's writes (its User-Agent names its identity)
+    // all arrived before the cut, none after, while the new leader's came after it.
+    let writes = audited_writes();
+    let old: Vec<&AuditedWrite> = writes
+        .iter()
+        .filter(|w| w.agent.contains(&old_agent))
+        .collect();
+    assert!(
+        !old.is_empty(),
+        "the old leader's writes are in the audit log"
+    );
+    let late: Vec<&str> = old
+        .iter()
+        .filter(|w| w.received >= cut_wall)
+        .map(|w| w.what.as_str())
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the old leader wrote after it was cut off: {late:?}"
+    );
+    let new_agent = format!("({})", replica_identity(&second));
+    assert!(
+        writes
+            .iter()
+            .any(|w| w.agent.contains(&new_agent) && w.received > cut_wall),
+        "the new leader's writes after the cut are in the audit log"
+    );
     s.operator = second;
+}
+
+/// The identity a test replica uses in the Lease and in its User-Agent: `<hostname>-<pid>`.
+fn replica_identity(operator: &Operator) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    format!("{}-{}", host.trim(), operator.pid().expect("running"))
+}
+
+#[derive(Debug)]
+struct AuditedWrite {
+    agent: String,
+    received: chrono::DateTime<chrono::Utc>,
+    what: String,
+}
+
+/// Writes to deckhouse.io objects and Leases from the control plane's audit log.
+fn audited_writes() -> Vec<AuditedWrite> {
+    let path = std::env::var("MPO_TEST_AUDIT_LOG").expect("the control plane writes an audit log");
+    let text = std::fs::read_to_string(&path).expect("audit log");
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["stage"] == "ResponseComplete")
+        .filter_map(|event| {
+            let received = event["requestReceivedTimestamp"].as_str()?;
+            Some(AuditedWrite {
+                agent: event["userAgent"].as_str().unwrap_or_default().to_owned(),
+                received: chrono::DateTime::parse_from_rfc3339(received).ok()?.into(),
+                what: format!(
+                    "{} {}/{} {}",
+                    event["verb"].as_str().unwrap_or_default(),
+                    event["objectRef"]["resource"].as_str().unwrap_or_default(),
+                    event["objectRef"]["name"].as_str().unwrap_or_default(),
+                    event["responseStatus"]["code"]
+                ),
+            })
+        })
+        .collect()
 }

@@ -342,7 +342,8 @@ fn lease_namespace(settings: &Settings) -> String {
         .unwrap_or_else(|| "default".to_owned())
 }
 
-fn identity(settings: &Settings) -> String {
+/// `<--identity or hostname>-<pid>`: unique per process, also for two replicas on one host.
+pub(crate) fn identity(settings: &Settings) -> String {
     settings
         .identity
         .clone()

@@ -46,6 +46,8 @@ use crate::{
 pub enum StartError {
     #[error("cannot connect to Kubernetes: {0}")]
     Client(#[source] kube::Error),
+    #[error("cannot find a kubeconfig or in-cluster service account: {0}")]
+    Config(#[from] kube::config::InferConfigError),
     #[error(
         "the ModulePullOverride CRD is not installed or not readable ({0}); install it with `kubectl apply --server-side -k crds/`"
     )]
@@ -58,12 +60,25 @@ pub enum StartError {
     LostLeadership,
 }
 
+/// A client as `Client::try_default` builds it, whose requests name the replica that sent them
+/// (User-Agent `mpo-operator/<version> (<identity>)`): the apiserver's audit log and request
+/// metrics can then tell an old leader's writes from the new one's.
+async fn kube_client(identity: &str) -> Result<Client, StartError> {
+    let mut config = kube::Config::infer().await?;
+    let agent = format!("mpo-operator/{} ({identity})", env!("CARGO_PKG_VERSION"));
+    // A hostname is always a valid header value; anything else just keeps kube's default.
+    if let Ok(value) = reqwest::header::HeaderValue::from_str(&agent) {
+        config.headers.push((reqwest::header::USER_AGENT, value));
+    }
+    Client::try_from(config).map_err(StartError::Client)
+}
+
 /// Runs until SIGTERM/SIGINT (exit 0, after in-flight passes finished and the lease was
 /// released) or until the lease is lost (an error: the process restarts as a candidate).
 pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartError> {
     let shutdown = shutdown_on_signals();
     crate::registry::set_max_requests_per_host(settings.registry_max_concurrent_requests);
-    let client = Client::try_default().await.map_err(StartError::Client)?;
+    let client = kube_client(&leader::identity(&settings)).await?;
     preflight(&client).await?;
     // Ready means healthy and, for the leader, caches synced: a standby that reached the
     // apiserver is ready too, so that a rollout (which waits for new pods to be Ready) completes.
