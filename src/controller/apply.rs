@@ -177,6 +177,20 @@ async fn try_pass(
             changed: false,
         });
     }
+    // Already switched in but not recorded: an earlier pass whose status write was refused (the
+    // object changed meanwhile), or a leader that stopped between switch and write on a shared
+    // volume. The files are whole; only the status is missing, so no second download.
+    if renew != Renew::Force
+        && ctx.store.is_active(&name, &digest)
+        && let Some(weight) = ctx.store.active_weight(&name)
+    {
+        info!(mpo = %name, %digest, "already on disk; recording it");
+        return Ok(Outcome::InSync {
+            digest,
+            weight,
+            changed: true,
+        });
+    }
     info!(
         mpo = %name,
         image = %image,

@@ -126,6 +126,18 @@ impl ModuleStore {
                 .is_ok_and(|meta| meta.is_dir())
     }
 
+    /// The weight in the module loader's link `modules/<weight>-<module>` of an active module:
+    /// what the last commit validated, without reading the module again.
+    pub fn active_weight(&self, module: &str) -> Option<u32> {
+        check_module_name(module).ok()?;
+        let links = std::fs::read_dir(self.root.join(MODULES)).ok()?;
+        links.flatten().find_map(|entry| {
+            let name = entry.file_name();
+            let (weight, linked) = name.to_str()?.split_once('-')?;
+            (linked == module).then(|| weight.parse().ok()).flatten()
+        })
+    }
+
     /// The digest `dev` points at, if any (whether or not that directory exists).
     pub fn active(&self, module: &str) -> Option<Digest> {
         check_module_name(module).ok()?;
@@ -271,6 +283,21 @@ mod tests {
             assert_eq!(err.class(), FailureClass::InvalidModule, "{bad:?}");
             assert!(!store.is_active(bad, &digest));
         }
+    }
+
+    #[test]
+    fn the_active_weight_comes_from_the_loader_link_of_exactly_that_module() {
+        let root = tempfile::tempdir().unwrap();
+        let links = root.path().join(MODULES);
+        std::fs::create_dir(&links).unwrap();
+        for name in ["910-hello-world", "905-world", ".tmp-1-world-x", "x-world2"] {
+            std::os::unix::fs::symlink("../x/dev", links.join(name)).unwrap();
+        }
+        let store = ModuleStore::new(root.path(), Limits::default());
+        assert_eq!(store.active_weight("world"), Some(905));
+        assert_eq!(store.active_weight("hello-world"), Some(910));
+        assert_eq!(store.active_weight("world2"), None);
+        assert_eq!(store.active_weight("other"), None);
     }
 
     #[test]
