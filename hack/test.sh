@@ -26,8 +26,21 @@ log "compiling the tests first, so that rustc does not compete with the control 
 cargo test --locked --no-run "$@"
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/mpo-control-plane.XXXXXX")
-trap 'bash hack/control-plane.sh stop "$dir"; rm -rf "$dir"' EXIT
+node_dir=
+cleanup() {
+  [ -z "$node_dir" ] || { bash hack/node.sh stop "$node_dir" || true; rm -rf "$node_dir"; }
+  bash hack/control-plane.sh stop "$dir"; rm -rf "$dir"
+}
+trap cleanup EXIT
 bash hack/control-plane.sh start "$dir" >/dev/null
+# The node tier (tests/node.rs): a second control plane with one real node running deploy/ as
+# pods. MPO_SKIP_NODE=1 leaves it out (its tests then skip, and fail under CI=true).
+if [ "${MPO_SKIP_NODE:-}" != 1 ]; then
+  node_dir=$(mktemp -d "${TMPDIR:-/tmp}/mpo-node.XXXXXX")
+  log "starting the node tier (hack/node.sh; builds kubelet and friends once, about 2 minutes)"
+  bash hack/node.sh start "$node_dir" >/dev/null
+  export MPO_NODE_DIR=$node_dir
+fi
 # shellcheck disable=SC1091
 . "$dir/env"
 log "running cargo test against $KUBECONFIG"
