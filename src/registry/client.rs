@@ -247,19 +247,10 @@ impl Registry {
                 .exchange_at(Method::GET, &endpoint, repository, &url, "application/json")
                 .await?;
             let response = exchange.response;
-            if !response.status().is_success() {
-                return Err(self.http.status_error(response).await);
-            }
             let next = next_page(response.headers(), self.http.scheme, &endpoint);
-            let (body, truncated) = self
-                .http
-                .bounded(read_body(response, MAX_TAGS_PAGE_BYTES))
-                .await??;
-            if truncated {
-                return Err(RegistryError::BadManifest(format!(
-                    "a tag list page is over {MAX_TAGS_PAGE_BYTES} bytes"
-                )));
-            }
+            let body = self
+                .small_body(response, MAX_TAGS_PAGE_BYTES, "a tag list page")
+                .await?;
             let page: TagPage = serde_json::from_slice(&body).map_err(|_| {
                 RegistryError::BadManifest("the tag list is not the expected JSON".into())
             })?;
@@ -287,19 +278,9 @@ impl Registry {
     ) -> Result<Vec<u8>, RegistryError> {
         let url = self.http.url(image, "blobs", &config.digest.to_string());
         let exchange = self.http.exchange(Method::GET, image, &url, "*/*").await?;
-        let response = exchange.response;
-        if !response.status().is_success() {
-            return Err(self.http.status_error(response).await);
-        }
-        let (body, truncated) = self
-            .http
-            .bounded(read_body(response, MAX_CONFIG_BYTES))
-            .await??;
-        if truncated {
-            return Err(RegistryError::BadManifest(format!(
-                "the image config is over {MAX_CONFIG_BYTES} bytes"
-            )));
-        }
+        let body = self
+            .small_body(exchange.response, MAX_CONFIG_BYTES, "the image config")
+            .await?;
         let seen = Digest::of(&body);
         if seen != config.digest {
             return Err(RegistryError::BlobDigest {
@@ -340,20 +321,31 @@ impl Registry {
             .exchange(Method::GET, image, &url, &accept)
             .await?;
         let response = exchange.response;
+        let header = content_digest(response.headers()).map(str::to_owned);
+        let body = self
+            .small_body(response, MAX_MANIFEST_BYTES, "the manifest")
+            .await?;
+        Ok((body, header))
+    }
+
+    /// The body of a successful response (manifest, config, tag page), refused past `limit`
+    /// bytes; `what` names it in that error. A failed status becomes the registry's error.
+    async fn small_body(
+        &self,
+        response: reqwest::Response,
+        limit: usize,
+        what: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
         if !response.status().is_success() {
             return Err(self.http.status_error(response).await);
         }
-        let header = content_digest(response.headers()).map(str::to_owned);
-        let (body, truncated) = self
-            .http
-            .bounded(read_body(response, MAX_MANIFEST_BYTES))
-            .await??;
+        let (body, truncated) = self.http.bounded(read_body(response, limit)).await??;
         if truncated {
             return Err(RegistryError::BadManifest(format!(
-                "the manifest is over {MAX_MANIFEST_BYTES} bytes"
+                "{what} is over {limit} bytes"
             )));
         }
-        Ok((body, header))
+        Ok(body)
     }
 }
 
