@@ -7,11 +7,17 @@
 //! seconds per minute over a window, peak RSS, apiserver requests by verb and resource (from the
 //! apiserver's own `/metrics`; LIST of modulepulloverrides includes this benchmark's polling),
 //! registry requests per MPO per interval, and the ModuleSource's size with managedFields.
+//! Where the cold start goes: CPU seconds of kube-apiserver and etcd (their PIDs from the control
+//! plane's `pids` file, `MPO_CONTROL_PLANE_DIR`), the apiserver's mean latency by verb and
+//! resource, and the operator's own pass histogram. After all sizes, the growth exponent between
+//! each pair of neighbouring sizes (time ∝ N^k: k = 1 is linear).
 //!
 //! Run: `bash hack/bench-scale.sh` (starts a control plane like hack/test.sh). Environment:
-//! - `MPO_BENCH_SCALE_N`: comma-separated object counts (default `100,1000`);
+//! - `MPO_BENCH_SCALE_N`: comma-separated object counts (default `100,1000,3000`; add `10000`
+//!   when asked);
 //! - `MPO_BENCH_IDLE_SECONDS`: the idle window (default 60);
 //! - `MPO_BENCH_CONCURRENCY`: the operator's `--concurrency` (default 4, Flux's default too).
+//! - `MPO_OPERATOR_BIN`: another operator binary to measure (e.g. the last release, side by side).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -23,10 +29,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
-use kube::{
-    Api,
-    api::{ListParams, PostParams},
-};
+use kube::{Api, api::PostParams};
 use mpo_operator::crd::{ModulePullOverride, ModulePullOverrideSpec, ScanInterval};
 use support::{
     Operator, TestId,
@@ -43,14 +46,53 @@ async fn main() -> Result<()> {
         bail!("no control plane: run `bash hack/bench-scale.sh`");
     };
     cluster.install_crds();
-    let counts = env_list("MPO_BENCH_SCALE_N", "100,1000")?;
+    let counts = env_list("MPO_BENCH_SCALE_N", "100,1000,3000")?;
     let idle = Duration::from_secs(env_list("MPO_BENCH_IDLE_SECONDS", "60")?[0] as u64);
     let concurrency = env_list("MPO_BENCH_CONCURRENCY", "4")?[0];
+    let mut reports = Vec::new();
     for n in counts {
         let report = run(cluster, n, idle, concurrency).await?;
-        print!("{report}");
+        print!("{}", report.text);
+        reports.push(report);
     }
+    print!("{}", growth(&reports));
     Ok(())
+}
+
+/// The figures of one size that the growth table compares.
+struct Report {
+    n: usize,
+    cold_seconds: f64,
+    cold_cpu: f64,
+    control_plane_cpu: f64,
+    text: String,
+}
+
+/// `k` in `y ∝ N^k` between two sizes.
+fn exponent(n1: usize, y1: f64, n2: usize, y2: f64) -> f64 {
+    (y2 / y1).ln() / (n2 as f64 / n1 as f64).ln()
+}
+
+fn growth(reports: &[Report]) -> String {
+    let mut out = String::from(
+        "\ngrowth between sizes (k in time ∝ N^k; 1 is linear)\n\
+         sizes          time ratio  k(time)  CPU ratio  k(CPU)  apiserver+etcd CPU ratio  k\n",
+    );
+    for pair in reports.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        out.push_str(&format!(
+            "{:>5} → {:<6} {:>10.2}  {:>7.2}  {:>9.2}  {:>6.2}  {:>24.2}  {:.2}\n",
+            a.n,
+            b.n,
+            b.cold_seconds / a.cold_seconds,
+            exponent(a.n, a.cold_seconds, b.n, b.cold_seconds),
+            b.cold_cpu / a.cold_cpu,
+            exponent(a.n, a.cold_cpu, b.n, b.cold_cpu),
+            b.control_plane_cpu / a.control_plane_cpu,
+            exponent(a.n, a.control_plane_cpu, b.n, b.control_plane_cpu),
+        ));
+    }
+    out
 }
 
 async fn run(
@@ -58,7 +100,7 @@ async fn run(
     n: usize,
     idle: Duration,
     concurrency: usize,
-) -> Result<String> {
+) -> Result<Report> {
     let id = TestId::new(&format!("scale{n}"));
     eprintln!("[scale] N={n}: starting a registry and pushing {n} module images");
     let registry = TestRegistry::start(RegistryKind::Plain)?;
@@ -79,6 +121,9 @@ async fn run(
     create_mpos(&api, &id, &source, &modules).await?;
 
     let api_before = apiserver_requests(cluster)?;
+    let latency_before = apiserver_latency(cluster)?;
+    let control_plane = control_plane_pids()?;
+    let control_plane_before = control_plane_cpu(&control_plane)?;
     eprintln!("[scale] N={n}: starting the operator (concurrency {concurrency})");
     let started = Instant::now();
     let concurrency_flag = concurrency.to_string();
@@ -88,28 +133,17 @@ async fn run(
         &["--log-level", "info", "--concurrency", &concurrency_flag],
     );
     let pid = operator.pid().context("operator pid")?;
-    let selector = ListParams::default().labels(&id.label());
-    let mut last_print = Instant::now();
-    loop {
-        let ready = count_ready(&api, &selector).await?;
-        if ready == n {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(900) {
-            bail!("only {ready} of {n} ready after 900 s");
-        }
-        if last_print.elapsed() > Duration::from_secs(5) {
-            eprintln!(
-                "[scale] N={n}: {ready}/{n} ready after {:.0} s",
-                started.elapsed().as_secs_f64()
-            );
-            last_print = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_all_ready(&api, &id, n, started).await?;
     let cold_seconds = started.elapsed().as_secs_f64();
     let cold_cpu = cpu_seconds(pid)?;
     let api_cold = diff(&apiserver_requests(cluster)?, &api_before);
+    let latency_cold = latency_diff(&apiserver_latency(cluster)?, &latency_before);
+    let control_plane_cold: Vec<(String, f64)> = control_plane_cpu(&control_plane)?
+        .into_iter()
+        .zip(&control_plane_before)
+        .map(|((name, after), (_, before))| (name, after - before))
+        .collect();
+    let passes = pass_histogram(&operator)?;
 
     // Let the flags writer and the last status echoes settle before the idle window.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -169,6 +203,141 @@ async fn run(
     for (key, count) in &api_idle {
         out.push_str(&format!("  {key}: {count}\n"));
     }
+    out.push_str("where the cold start went\n");
+    for (process, seconds) in &control_plane_cold {
+        out.push_str(&format!("  CPU seconds of {process}: {seconds:.2}\n"));
+    }
+    out.push_str("  apiserver mean latency, ms (verb resource/subresource: mean over count)\n");
+    for (key, (sum, count)) in &latency_cold {
+        out.push_str(&format!(
+            "    {key}: {:.1} over {count}\n",
+            sum * 1000.0 / *count as f64
+        ));
+    }
+    out.push_str("  operator passes (result: count, mean ms)\n");
+    for (result, (sum, count)) in &passes {
+        out.push_str(&format!(
+            "    {result}: {count}, {:.1}\n",
+            sum * 1000.0 / *count as f64
+        ));
+    }
+    Ok(Report {
+        n,
+        cold_seconds,
+        cold_cpu,
+        control_plane_cpu: control_plane_cold.iter().map(|(_, s)| s).sum(),
+        text: out,
+    })
+}
+
+/// etcd and kube-apiserver of the control plane hack/bench-scale.sh started.
+fn control_plane_pids() -> Result<Vec<(String, u32)>> {
+    let dir = std::env::var("MPO_CONTROL_PLANE_DIR")
+        .context("MPO_CONTROL_PLANE_DIR (set by hack/bench-scale.sh)")?;
+    let pids =
+        std::fs::read_to_string(format!("{dir}/pids")).context("the control plane's pids")?;
+    pids.split_whitespace()
+        .map(|pid| {
+            let pid: u32 = pid.parse().context("a pid")?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .with_context(|| format!("/proc/{pid}/comm"))?;
+            Ok((comm.trim().to_owned(), pid))
+        })
+        .collect()
+}
+
+fn control_plane_cpu(pids: &[(String, u32)]) -> Result<Vec<(String, f64)>> {
+    pids.iter()
+        .map(|(name, pid)| Ok((name.clone(), cpu_seconds(*pid)?)))
+        .collect()
+}
+
+/// The value of `label` in one metrics line.
+fn label(line: &str, name: &str) -> Option<String> {
+    let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = line[start..].find('"')? + start;
+    Some(line[start..end].to_owned())
+}
+
+fn sample_value(line: &str) -> f64 {
+    line.rsplit_once(' ')
+        .and_then(|(_, v)| v.parse::<f64>().ok())
+        .unwrap_or_default()
+}
+
+/// Sum and count of `apiserver_request_duration_seconds` for our two resources.
+fn apiserver_latency(cluster: &support::Cluster) -> Result<BTreeMap<String, (f64, u64)>> {
+    let text = cluster.kubectl_ok(&["get", "--raw", "/metrics"]);
+    let mut out: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    for line in text.lines() {
+        let (is_sum, rest) =
+            if let Some(r) = line.strip_prefix("apiserver_request_duration_seconds_sum{") {
+                (true, r)
+            } else if let Some(r) = line.strip_prefix("apiserver_request_duration_seconds_count{") {
+                (false, r)
+            } else {
+                continue;
+            };
+        let Some(resource) = label(rest, "resource") else {
+            continue;
+        };
+        if resource != "modulepulloverrides" && resource != "modulesources" {
+            continue;
+        }
+        let key = request_key(rest, &resource);
+        let entry = out.entry(key).or_default();
+        if is_sum {
+            entry.0 += sample_value(line);
+        } else {
+            entry.1 += sample_value(line) as u64;
+        }
+    }
+    Ok(out)
+}
+
+fn latency_diff(
+    after: &BTreeMap<String, (f64, u64)>,
+    before: &BTreeMap<String, (f64, u64)>,
+) -> BTreeMap<String, (f64, u64)> {
+    after
+        .iter()
+        .map(|(k, (sum, count))| {
+            let (s0, c0) = before.get(k).copied().unwrap_or_default();
+            (k.clone(), (sum - s0, count.saturating_sub(c0)))
+        })
+        .filter(|(_, (_, count))| *count > 0)
+        .collect()
+}
+
+/// "VERB resource[/subresource]" of one apiserver metrics line.
+fn request_key(line: &str, resource: &str) -> String {
+    let verb = label(line, "verb").unwrap_or_default();
+    match label(line, "subresource").filter(|s| !s.is_empty()) {
+        Some(sub) => format!("{verb} {resource}/{sub}"),
+        None => format!("{verb} {resource}"),
+    }
+}
+
+/// The operator's `mpo_pass_duration_seconds` by result: (sum, count).
+fn pass_histogram(operator: &Operator) -> Result<BTreeMap<String, (f64, u64)>> {
+    let (_, body) = operator.http_get("/metrics").context("metrics")?;
+    let mut out: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    for line in body.lines() {
+        let (is_sum, rest) = if let Some(r) = line.strip_prefix("mpo_pass_duration_seconds_sum{") {
+            (true, r)
+        } else if let Some(r) = line.strip_prefix("mpo_pass_duration_seconds_count{") {
+            (false, r)
+        } else {
+            continue;
+        };
+        let result = label(rest, "result").unwrap_or_default();
+        let entry = out.entry(result).or_default();
+        if is_sum {
+            entry.0 += sample_value(line);
+        } else {
+            entry.1 += sample_value(line) as u64;
+        }
+    }
     Ok(out)
 }
 
@@ -214,17 +383,53 @@ async fn create_mpos(
     Ok(())
 }
 
-async fn count_ready(api: &Api<ModulePullOverride>, selector: &ListParams) -> Result<usize> {
-    let list = api.list(selector).await?;
-    Ok(list
-        .items
-        .iter()
-        .filter(|m| {
-            m.status
-                .as_ref()
-                .is_some_and(|s| s.image_digest.is_some() && s.message.as_deref() == Some(""))
-        })
-        .count())
+/// Waits until all `n` MPOs report a digest with an empty message, from a watch: polling with
+/// LIST costs the apiserver N objects per poll, which grows as N × duration and slowed the very
+/// cold start it measured (at N=3000, 96 LISTs took 21 s of the apiserver's CPU).
+async fn wait_all_ready(
+    api: &Api<ModulePullOverride>,
+    id: &TestId,
+    n: usize,
+    started: Instant,
+) -> Result<()> {
+    use kube::runtime::{WatchStreamExt, watcher};
+    let config = watcher::Config::default().labels(&id.label());
+    let events = watcher(api.clone(), config)
+        .default_backoff()
+        .applied_objects();
+    let mut events = std::pin::pin!(events);
+    let mut ready = std::collections::HashSet::new();
+    let mut last_print = Instant::now();
+    let deadline = Duration::from_secs(900);
+    while ready.len() < n {
+        let left = deadline.saturating_sub(started.elapsed());
+        let event = tokio::time::timeout(left, events.try_next())
+            .await
+            .map_err(|_| anyhow::anyhow!("only {} of {n} ready after 900 s", ready.len()))?
+            .context("MPO watch")?
+            .context("the MPO watch ended")?;
+        let name = event.metadata.name.clone().unwrap_or_default();
+        if is_ready(&event) {
+            ready.insert(name);
+        } else {
+            ready.remove(&name);
+        }
+        if last_print.elapsed() > Duration::from_secs(5) {
+            eprintln!(
+                "[scale] N={n}: {}/{n} ready after {:.0} s",
+                ready.len(),
+                started.elapsed().as_secs_f64()
+            );
+            last_print = Instant::now();
+        }
+    }
+    Ok(())
+}
+
+fn is_ready(mpo: &ModulePullOverride) -> bool {
+    mpo.status
+        .as_ref()
+        .is_some_and(|s| s.image_digest.is_some() && s.message.as_deref() == Some(""))
 }
 
 /// utime + stime of a process, in seconds (USER_HZ is 100 on Linux).
@@ -268,28 +473,13 @@ fn apiserver_requests(cluster: &support::Cluster) -> Result<BTreeMap<String, u64
         .lines()
         .filter(|l| l.starts_with("apiserver_request_total{"))
     {
-        let label = |name: &str| {
-            let start = line.find(&format!("{name}=\""))? + name.len() + 2;
-            let end = line[start..].find('"')? + start;
-            Some(line[start..end].to_owned())
-        };
-        let Some(resource) = label("resource") else {
+        let Some(resource) = label(line, "resource") else {
             continue;
         };
         if resource != "modulepulloverrides" && resource != "modulesources" {
             continue;
         }
-        let verb = label("verb").unwrap_or_default();
-        let subresource = label("subresource").filter(|s| !s.is_empty());
-        let key = match subresource {
-            Some(sub) => format!("{verb} {resource}/{sub}"),
-            None => format!("{verb} {resource}"),
-        };
-        let count = line
-            .rsplit_once(' ')
-            .and_then(|(_, v)| v.parse::<f64>().ok())
-            .unwrap_or_default() as u64;
-        *out.entry(key).or_default() += count;
+        *out.entry(request_key(line, &resource)).or_default() += sample_value(line) as u64;
     }
     Ok(out)
 }

@@ -2,7 +2,7 @@
 # The scale benchmark (benches/scale.rs): N ModulePullOverrides on one ModuleSource against a real
 # kube-apiserver + etcd and a real registry, the operator built with the release profile. Starts
 # the control plane like hack/test.sh, runs `cargo bench --bench scale`, stops it however it ends.
-#   MPO_BENCH_SCALE_N=100,1000 MPO_BENCH_IDLE_SECONDS=60 bash hack/bench-scale.sh
+#   MPO_BENCH_SCALE_N=100,1000,3000 MPO_BENCH_IDLE_SECONDS=60 bash hack/bench-scale.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[bench-scale] %s\n' "$*" >&2; }
@@ -15,4 +15,6 @@ trap 'bash hack/control-plane.sh stop "$dir"; rm -rf "$dir"' EXIT
 bash hack/control-plane.sh start "$dir" >/dev/null
 # shellcheck disable=SC1091
 . "$dir/env"
+# The benchmark reads the CPU time of etcd and kube-apiserver from the PIDs recorded there.
+export MPO_CONTROL_PLANE_DIR=$dir
 cargo bench --locked --bench scale

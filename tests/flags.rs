@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::{
-    images::push_module_names,
+    images::{push_many_module_names, push_module_names},
     registry::RegistryKind,
     scenario::{REPO_PATH, Scenario},
     wait_for,
@@ -117,4 +117,75 @@ async fn an_unlisted_module_has_no_entry_after_the_first_scan_and_gets_one_once_
         (ready && flagged(&source, &module) && source["status"]["modulesCount"] == 2).then_some(())
     })
     .await;
+}
+
+/// Issue 22: one ModuleSource holds about 1.5 MiB (etcd's default request limit). A registry
+/// with more module names than that is said once in the source's message, the source counts as
+/// not scanned, and its overrides go on.
+#[tokio::test]
+async fn a_source_with_more_modules_than_one_object_holds_says_so_once_and_its_overrides_go_on() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(
+        cluster,
+        "too-many",
+        RegistryKind::Plain,
+        &[],
+        &["--source-scan-interval", "2s"],
+    )
+    .await;
+    // 6000 names of 128 characters (the longest tag): about 1.8 MiB with managedFields.
+    let names: Vec<String> = (0..6000)
+        .map(|i| format!("m{i:05}{}", "x".repeat(122)))
+        .collect();
+    push_many_module_names(&s.registry, REPO_PATH, &names)
+        .await
+        .expect("module names pushed");
+    // A scan may meet the list half pushed; the one that sees all 6000 is the one to check.
+    let too_large = "cannot list 6000 modules in the status:";
+    let source = wait_for("the source to say its list does not fit", WAIT, || async {
+        let source = s.source_object();
+        source["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(too_large))
+            .then_some(source)
+    })
+    .await;
+    let message = source["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("is more than one ModuleSource can hold"),
+        "{message}"
+    );
+    assert!(
+        source["status"]["modulesCount"].is_null(),
+        "no count: the source is not scanned, so no module is refused: {}",
+        source["status"]
+    );
+
+    let (module, _) = s.ready_module("15s").await;
+    wait_for("the override's flag", WAIT, || async {
+        flagged(&s.source_object(), &module).then_some(())
+    })
+    .await;
+
+    // Two more scans meet the same refusal: still one warning in the log.
+    for scan in 0..2 {
+        let before = s.source_object()["status"]["syncTime"].clone();
+        wait_for(&format!("scan {scan} after the refusal"), WAIT, || async {
+            (s.source_object()["status"]["syncTime"] != before).then_some(())
+        })
+        .await;
+    }
+    // Repeats are logged at debug (which the test operator shows), the first one as a warning.
+    let log = s.operator.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains(too_large) && l.contains("WARN"))
+        .count();
+    let repeats = log
+        .lines()
+        .filter(|l| l.contains(too_large) && l.contains("DEBUG"))
+        .count();
+    assert_eq!(warnings, 1, "said once, not at every scan:\n{log}");
+    assert!(repeats >= 2, "the later scans met the same refusal:\n{log}");
+    assert_eq!(s.status_str(&module, "message").as_deref(), Some(""));
 }

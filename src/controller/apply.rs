@@ -288,13 +288,13 @@ async fn publish(
         status_message = desired.message.as_deref().unwrap_or_default(),
         "status patched"
     );
-    announce(mpo, ctx, outcome).await;
+    announce(mpo, ctx, outcome);
     Ok(Published::Written(written.metadata.resource_version))
 }
 
 /// Events for what changed: a new module switched in, or a new failure. An identical failure
 /// writes no status and so repeats no event.
-async fn announce(mpo: &ModulePullOverride, ctx: &Context, outcome: &Outcome) {
+fn announce(mpo: &ModulePullOverride, ctx: &Context, outcome: &Outcome) {
     match outcome {
         Outcome::InSync {
             digest,
@@ -302,10 +302,10 @@ async fn announce(mpo: &ModulePullOverride, ctx: &Context, outcome: &Outcome) {
             ..
         } => {
             let note = format!("switched to {digest} of tag {}", mpo.spec.image_tag);
-            ctx.event(mpo, false, "ModuleUpdated", note).await;
+            ctx.event(mpo, false, "ModuleUpdated", note);
         }
         Outcome::InSync { .. } => {}
-        Outcome::Failed(err) => ctx.event(mpo, true, err.reason(), err.to_string()).await,
+        Outcome::Failed(err) => ctx.event(mpo, true, err.reason(), err.to_string()),
     }
 }
 

@@ -18,8 +18,8 @@ pub async fn cleanup(
 ) -> Result<Action, ControllerError> {
     let name = mpo.name_any();
     // A missing source has no flag to clear and must not block the deletion: the writer skips it.
-    let round = ctx.flags.mpo_gone(&name, &mpo.spec.source);
-    if ctx.flags.wait_flushed(round, FLAG_WAIT).await {
+    let ticket = ctx.flags.mpo_gone(&name, &mpo.spec.source);
+    if ctx.flags.wait_flushed(ticket, FLAG_WAIT).await {
         info!(mpo = %name, source = %mpo.spec.source, "deleted; its overridden flag is given back");
     } else {
         warn!(mpo = %name, source = %mpo.spec.source, "deleted; its flag is cleared by a later write");

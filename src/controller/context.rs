@@ -1,6 +1,6 @@
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::Ordering},
 };
 
 use kube::{
@@ -33,10 +33,54 @@ pub struct Context {
     pub flags: Arc<Flags>,
     /// Cancelled when the lease is lost: in-flight passes stop, and nothing writes after it.
     pub fence: tokio_util::sync::CancellationToken,
-    reporter: Reporter,
+    /// Events waiting for the one task that publishes them (in order, off the passes' path).
+    events: tokio::sync::mpsc::Sender<PendingEvent>,
+    /// Queued and not yet published (or dropped), for the drain at shutdown.
+    unpublished: Arc<std::sync::atomic::AtomicUsize>,
     registries: Mutex<HashMap<String, (String, Registry)>>,
     checks: Mutex<HashMap<String, LastCheck>>,
     api_failures: Mutex<HashMap<String, u32>>,
+}
+
+/// Events a cold start may queue before new ones are dropped.
+const EVENT_QUEUE: usize = 4096;
+
+struct PendingEvent {
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+    event: Event,
+}
+
+/// Publishes queued events in order until every sender is gone or the lease is lost.
+async fn publish_events(
+    mut queue: tokio::sync::mpsc::Receiver<PendingEvent>,
+    client: Client,
+    reporter: Reporter,
+    fence: tokio_util::sync::CancellationToken,
+    unpublished: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    loop {
+        let pending = tokio::select! {
+            pending = queue.recv() => pending,
+            () = fence.cancelled() => None,
+        };
+        let Some(PendingEvent { reference, event }) = pending else {
+            return;
+        };
+        // A fresh recorder each time: a shared one folds events with the same reason into one
+        // series and keeps the first note, so a second ModuleUpdated would show the old digest.
+        // We publish only on changes, so there is nothing to fold.
+        let recorder = Recorder::new(client.clone(), reporter.clone());
+        // Raced with the fence: no event is stored after the lease is lost.
+        tokio::select! {
+            published = recorder.publish(&event, &reference) => {
+                if let Err(e) = published {
+                    warn!("cannot publish event {}: {e}", event.reason);
+                }
+            }
+            () = fence.cancelled() => return,
+        }
+        unpublished.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Context {
@@ -53,8 +97,18 @@ impl Context {
             controller: "mpo-operator".into(),
             instance: settings.identity.clone(),
         };
-        Self {
+        let (events, queue) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        let unpublished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(publish_events(
+            queue,
+            client.clone(),
             reporter,
+            fence.clone(),
+            unpublished.clone(),
+        ));
+        Self {
+            events,
+            unpublished,
             client,
             store,
             settings,
@@ -90,8 +144,11 @@ impl Context {
         Ok(registry)
     }
 
-    /// Publishes a Kubernetes Event on `object`; a failure to publish is logged, not fatal.
-    pub async fn event<K: Resource<DynamicType = ()>>(
+    /// Queues a Kubernetes Event on `object` for the publisher task: a pass does not wait for
+    /// the apiserver to store it (at a cold start of thousands of overrides, that wait was a
+    /// fifth of every pass). Events are best-effort: a full queue drops one (logged), a failure
+    /// to publish is logged, and nothing is published once the lease is lost.
+    pub fn event<K: Resource<DynamicType = ()>>(
         &self,
         object: &K,
         warning: bool,
@@ -109,12 +166,29 @@ impl Context {
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        // A fresh recorder each time: a shared one folds events with the same reason into one
-        // series and keeps the first note, so a second ModuleUpdated would show the old digest.
-        // We publish only on changes, so there is nothing to fold.
-        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
-            warn!("cannot publish event {reason}: {e}");
+        let pending = PendingEvent {
+            reference: object.object_ref(&()),
+            event,
+        };
+        self.unpublished.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.events.try_send(pending) {
+            self.unpublished.fetch_sub(1, Ordering::SeqCst);
+            warn!("event {reason} not published: the event queue is full or closed ({e})");
+        }
+    }
+
+    /// At shutdown: waits (at most `within`) until the queued events are published.
+    pub async fn drain_events(&self, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.unpublished.load(Ordering::SeqCst) > 0 && !self.fence.is_cancelled() {
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    unpublished = self.unpublished.load(Ordering::SeqCst),
+                    "stopping with events not yet published"
+                );
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 

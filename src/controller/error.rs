@@ -140,9 +140,44 @@ impl ControllerError {
     }
 }
 
+/// Whether the apiserver refused a write because the object would be too large: its own body
+/// limit (413), or etcd's request limit, which apiservers answer with 413 or, in older versions,
+/// with a 500 carrying etcd's "request is too large".
+pub fn is_too_large(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) => {
+            status.code == 413
+                || (status.code == 500 && status.message.contains("request is too large"))
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            message: message.into(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn size_refusals_are_told_apart() {
+        assert!(is_too_large(&api_error(
+            413,
+            "Request entity too large: limit is 3145728"
+        )));
+        assert!(is_too_large(&api_error(
+            500,
+            "etcdserver: request is too large"
+        )));
+        assert!(!is_too_large(&api_error(500, "etcdserver: leader changed")));
+        assert!(!is_too_large(&api_error(409, "conflict")));
+    }
 
     #[test]
     fn messages_follow_the_spec() {

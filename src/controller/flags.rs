@@ -6,14 +6,19 @@
 //! module that leaves the set loses its field, and its entry with it unless the scan lists it, so
 //! moving `spec.source`, deleting an MPO or an unlisted module leave nothing behind.
 //!
-//! Writes are debounced: MPOs mark their source dirty, and a writer task flushes dirty sources at
-//! most once per [`DEBOUNCE`], comparing with what it owns first, so a cold start of a thousand
-//! MPOs writes each source a handful of times and an idle cluster not at all.
+//! Writes are debounced and paced per source: MPOs mark their source dirty; the writer gathers
+//! changes for [`DEBOUNCE`], and writes a source again only after [`PACE_FACTOR`] times as long
+//! as its last write took (at most [`MAX_PACE`]). A write costs the apiserver time in proportion
+//! to the source's size, so pacing by that time keeps the writer's share of the apiserver fixed:
+//! a cold start of N overrides then costs O(N) in flag writes instead of O(N × duration), which
+//! grew as N² (issue 22). A deletion is urgent: it is not paced, so it still waits about one
+//! debounce for its flag to go. A source whose write fails backs off alone; the others go on.
+//! Each write compares with what it owns first, so an idle cluster writes nothing.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use kube::{
@@ -26,21 +31,17 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{schedule::api_backoff, source::check_module_listed};
+pub use super::listing::{FLAGS_FIELD_MANAGER, is_flags_manager};
+use super::listing::{LEGACY_FLAGS_MANAGER_PREFIX, Listing, list_key_name};
+use super::{error::is_too_large, schedule::api_backoff};
 use crate::crd::{ModulePullOverride, ModuleSource};
-
-/// The one field manager of the flags.
-pub const FLAGS_FIELD_MANAGER: &str = "mpo-operator-flags";
-/// Field managers of earlier versions (one per MPO); their fields are given up on first contact.
-const LEGACY_MANAGER_PREFIX: &str = "mpo-operator-override-";
-/// Whether `manager` writes flags (this version's or an earlier one's), so owning an entry does
-/// not make it listed.
-pub fn is_flags_manager(manager: &str) -> bool {
-    manager == FLAGS_FIELD_MANAGER || manager.starts_with(LEGACY_MANAGER_PREFIX)
-}
 
 /// How long changes are gathered before a source is written.
 pub const DEBOUNCE: Duration = Duration::from_millis(500);
+/// A source is written again no sooner than this many times its last write took.
+pub const PACE_FACTOR: u32 = 4;
+/// Pacing never holds a source back longer than this.
+pub const MAX_PACE: Duration = Duration::from_secs(5);
 /// How often every source is recomputed from scratch (no write unless something differs).
 const RESYNC: Duration = Duration::from_secs(300);
 
@@ -48,8 +49,8 @@ const RESYNC: Duration = Duration::from_secs(300);
 pub struct Flags {
     state: Mutex<State>,
     wake: Notify,
-    /// The last flush round that finished without an error.
-    flushed: tokio::sync::watch::Sender<u64>,
+    /// Bumped after every flush round, so that deletions waiting for their source can look again.
+    progress: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Flags {
@@ -57,20 +58,127 @@ impl Default for Flags {
         Self {
             state: Mutex::default(),
             wake: Notify::new(),
-            flushed: tokio::sync::watch::Sender::new(0),
+            progress: tokio::sync::watch::Sender::new(0),
         }
     }
 }
 
+/// What a deletion waits for: a write of `source` that covered the change marked as `mark`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    source: String,
+    mark: u64,
+}
+
 #[derive(Default)]
 struct State {
-    dirty: BTreeSet<String>,
+    /// Sources to write, and whether one of their changes is urgent (a deletion).
+    dirty: BTreeMap<String, bool>,
     /// Per MPO: its source and whether it would be flagged, as last seen.
     seen: HashMap<String, (String, bool)>,
     /// Per source: the set this operator last applied.
     written: HashMap<String, BTreeSet<String>>,
-    /// Flush rounds started so far; a source marked dirty now is written by a later round.
-    rounds: u64,
+    /// Per source: marks, pacing and failures.
+    pace: HashMap<String, Pace>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Pace {
+    /// Bumped on every change of the source's set; a write covers the marks taken before it.
+    marked: u64,
+    /// The highest mark a successful write covered.
+    synced: u64,
+    /// Not written again before this (pacing or backoff).
+    not_before: Option<Instant>,
+    /// Set by a failure: even an urgent change waits for it.
+    backing_off: bool,
+    failures: u32,
+    /// The last failure reported, so a failure that repeats is logged once.
+    reported: Option<String>,
+}
+
+impl State {
+    fn mark(&mut self, source: &str, urgent: bool) -> Ticket {
+        let pace = self.pace.entry(source.to_owned()).or_default();
+        pace.marked += 1;
+        let mark = pace.marked;
+        let entry = self.dirty.entry(source.to_owned()).or_default();
+        *entry |= urgent;
+        Ticket {
+            source: source.to_owned(),
+            mark,
+        }
+    }
+
+    /// Whether `source` may be written at `now`.
+    fn is_due(&self, source: &str, urgent: bool, now: Instant) -> bool {
+        let Some(pace) = self.pace.get(source) else {
+            return true;
+        };
+        match pace.not_before {
+            Some(at) if at > now => urgent && !pace.backing_off,
+            _ => true,
+        }
+    }
+
+    /// The dirty sources that may be written now, each with the mark its write covers; the
+    /// others stay dirty.
+    fn take_due(&mut self, now: Instant) -> Vec<(String, u64)> {
+        let due: Vec<String> = self
+            .dirty
+            .iter()
+            .filter(|(source, urgent)| self.is_due(source, **urgent, now))
+            .map(|(source, _)| source.clone())
+            .collect();
+        due.into_iter()
+            .map(|source| {
+                self.dirty.remove(&source);
+                let mark = self.pace.get(&source).map_or(0, |p| p.marked);
+                (source, mark)
+            })
+            .collect()
+    }
+
+    /// When the earliest dirty source that is held back becomes due.
+    fn next_due(&self) -> Option<Instant> {
+        self.dirty
+            .keys()
+            .filter_map(|source| self.pace.get(source)?.not_before)
+            .min()
+    }
+
+    fn wrote(&mut self, source: &str, mark: u64, took: Duration, now: Instant) {
+        let pace = self.pace.entry(source.to_owned()).or_default();
+        pace.synced = pace.synced.max(mark);
+        pace.failures = 0;
+        pace.backing_off = false;
+        pace.reported = None;
+        pace.not_before = Some(now + pace_after(took));
+    }
+
+    /// Backs the source off alone; returns how long, and whether `error` is new for it.
+    fn failed(&mut self, source: &str, now: Instant, error: &str) -> (Duration, bool) {
+        let pace = self.pace.entry(source.to_owned()).or_default();
+        let wait = api_backoff(pace.failures, source);
+        pace.failures = pace.failures.saturating_add(1);
+        pace.backing_off = true;
+        pace.not_before = Some(now + wait);
+        let new = pace.reported.as_deref() != Some(error);
+        pace.reported = Some(error.to_owned());
+        self.dirty.entry(source.to_owned()).or_default();
+        (wait, new)
+    }
+
+    fn is_synced(&self, ticket: &Ticket) -> bool {
+        self.pace
+            .get(&ticket.source)
+            .is_some_and(|p| p.synced >= ticket.mark)
+    }
+}
+
+/// How long a source waits after a write that took `took`.
+pub fn pace_after(took: Duration) -> Duration {
+    (took * PACE_FACTOR).min(MAX_PACE)
 }
 
 impl Flags {
@@ -85,40 +193,50 @@ impl Flags {
             return;
         }
         if let Some((old_source, _)) = previous.filter(|(old, _)| *old != view.0) {
-            state.dirty.insert(old_source);
+            // Leaving a source takes a flag away, as a deletion does.
+            state.mark(&old_source, true);
         }
-        state.dirty.insert(view.0);
+        state.mark(&view.0, false);
         drop(state);
         self.wake.notify_one();
     }
 
-    /// The MPO is being deleted (or is gone): its source loses its flag. Returns the round after
-    /// which the flag is gone, for [`Flags::wait_flushed`].
-    pub fn mpo_gone(&self, name: &str, source: &str) -> u64 {
+    /// The MPO is being deleted (or is gone): its source loses its flag. Returns what
+    /// [`Flags::wait_flushed`] waits for.
+    pub fn mpo_gone(&self, name: &str, source: &str) -> Ticket {
         let mut state = self.lock();
-        if let Some((old_source, _)) = state.seen.remove(name) {
-            state.dirty.insert(old_source);
+        if let Some((old_source, _)) = state.seen.remove(name)
+            && old_source != source
+        {
+            state.mark(&old_source, true);
         }
-        state.dirty.insert(source.to_owned());
-        let round = state.rounds;
+        let ticket = state.mark(source, true);
         drop(state);
         self.wake.notify_one();
-        round
+        ticket
     }
 
-    /// Waits (at most `within`) until a round later than `round` has been written, so that a
-    /// deleted MPO's finalizer goes only once its flag is gone; a failing write does not block
-    /// the deletion forever (the next resync clears the flag).
-    pub async fn wait_flushed(&self, round: u64, within: Duration) -> bool {
-        let mut flushed = self.flushed.subscribe();
-        tokio::time::timeout(within, flushed.wait_for(|done| *done > round))
-            .await
-            .is_ok_and(|r| r.is_ok())
+    /// Waits (at most `within`) until the ticket's source has been written since the ticket was
+    /// taken, so that a deleted MPO's finalizer goes only once its flag is gone; a failing write
+    /// does not block the deletion forever (a later write clears the flag).
+    pub async fn wait_flushed(&self, ticket: Ticket, within: Duration) -> bool {
+        let mut progress = self.progress.subscribe();
+        let synced = async {
+            loop {
+                if self.lock().is_synced(&ticket) {
+                    return true;
+                }
+                if progress.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(within, synced).await.unwrap_or(false)
     }
 
     /// Something about the source changed that may change its set (its listing).
     pub fn source_changed(&self, source: &str) {
-        self.lock().dirty.insert(source.to_owned());
+        self.lock().mark(source, false);
         self.wake.notify_one();
     }
 
@@ -127,16 +245,9 @@ impl Flags {
     fn resync_all(&self, sources: &Store<ModuleSource>) {
         let mut state = self.lock();
         state.written.clear();
-        state
-            .dirty
-            .extend(sources.state().iter().map(|s| s.name_any()));
-    }
-
-    /// The sources to write in a new round, and that round's number.
-    fn take_dirty(&self) -> (u64, BTreeSet<String>) {
-        let mut state = self.lock();
-        state.rounds += 1;
-        (state.rounds, std::mem::take(&mut state.dirty))
+        for source in sources.state() {
+            state.mark(&source.name_any(), false);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -159,10 +270,11 @@ pub fn desired_flags<'a>(
     mpos: impl IntoIterator<Item = &'a ModulePullOverride>,
 ) -> BTreeSet<String> {
     let name = source.name_any();
+    let listing = Listing::of(source);
     mpos.into_iter()
         .filter(|m| m.spec.source == name && holds_image(m))
         .map(ResourceExt::name_any)
-        .filter(|module| check_module_listed(source, module).is_ok())
+        .filter(|module| listing.admits(module))
         .collect()
 }
 
@@ -180,19 +292,13 @@ pub fn owned_flags(source: &ModuleSource, manager: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// `k:{"name":"echo"}` → `echo`.
-fn list_key_name(key: &str) -> Option<String> {
-    let object: Value = serde_json::from_str(key.strip_prefix("k:")?).ok()?;
-    object.get("name")?.as_str().map(str::to_owned)
-}
-
 /// Managers of earlier versions that still own fields in the source's status.
 pub fn legacy_managers(source: &ModuleSource) -> Vec<String> {
     source
         .managed_fields()
         .iter()
         .filter_map(|e| e.manager.clone())
-        .filter(|m| m.starts_with(LEGACY_MANAGER_PREFIX))
+        .filter(|m| m.starts_with(LEGACY_FLAGS_MANAGER_PREFIX))
         .collect()
 }
 
@@ -222,11 +328,12 @@ pub async fn run_writer(
     flags.resync_all(&sources);
     let mut resync = tokio::time::interval(RESYNC);
     resync.tick().await;
-    let mut failures = 0u32;
     loop {
+        let held_back = flags.lock().next_due();
         tokio::select! {
             () = flags.wake.notified() => {}
             _ = resync.tick() => flags.resync_all(&sources),
+            () = sleep_until(held_back) => {}
             () = stop.cancelled() => return,
         }
         // Gather what else changes meanwhile (a cold start finishes many MPOs per second).
@@ -234,36 +341,50 @@ pub async fn run_writer(
             () = tokio::time::sleep(DEBOUNCE) => {}
             () = stop.cancelled() => return,
         }
-        let mut failed = false;
-        let (round, dirty) = flags.take_dirty();
-        for name in dirty {
+        let due = flags.lock().take_due(Instant::now());
+        for (name, mark) in due {
             if stop.is_cancelled() {
                 return;
             }
+            let started = Instant::now();
             // Raced with `stop` (also a lost lease): no write may finish after it.
             let flushed = tokio::select! {
                 flushed = flush(&flags, &api, &mpos, &sources, &name) => flushed,
                 () = stop.cancelled() => return,
             };
-            if let Err(e) = flushed {
-                warn!(source = %name, "cannot write the overridden flags: {e}");
-                flags.lock().dirty.insert(name);
-                failed = true;
+            let now = Instant::now();
+            match flushed {
+                Ok(()) => flags.lock().wrote(&name, mark, now - started, now),
+                Err(e) => {
+                    let error = failure_message(&e);
+                    let (wait, new) = flags.lock().failed(&name, now, &error);
+                    if new {
+                        warn!(source = %name, retry_in = ?wait, "{error}");
+                    } else {
+                        debug!(source = %name, retry_in = ?wait, "{error}");
+                    }
+                }
             }
         }
-        if failed {
-            // Keep the dirty sources and try again later, not in a tight loop.
-            let wait = api_backoff(failures, "flags");
-            failures = failures.saturating_add(1);
-            flags.wake.notify_one();
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = stop.cancelled() => return,
-            }
-        } else {
-            failures = 0;
-            flags.flushed.send_replace(round);
-        }
+        flags.progress.send_modify(|round| *round += 1);
+    }
+}
+
+fn failure_message(err: &kube::Error) -> String {
+    if is_too_large(err) {
+        "cannot write the overridden flags: the ModuleSource would be larger than the apiserver \
+         accepts (its status holds too many modules); the overrides themselves go on"
+            .to_owned()
+    } else {
+        format!("cannot write the overridden flags: {err}")
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -425,19 +546,127 @@ mod tests {
         );
     }
 
+    fn dirty(flags: &Flags, now: Instant) -> BTreeSet<String> {
+        flags
+            .lock()
+            .take_due(now)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
+    }
+
     #[test]
     fn moving_an_mpo_marks_both_sources() {
         let flags = Flags::default();
+        let now = Instant::now();
         flags.mpo_seen(&mpo("a", "one", Some("sha256:1")));
-        assert_eq!(flags.take_dirty(), (1, set(&["one"])));
+        assert_eq!(dirty(&flags, now), set(&["one"]));
         flags.mpo_seen(&mpo("a", "one", Some("sha256:1")));
         assert!(
-            flags.take_dirty().1.is_empty(),
+            dirty(&flags, now).is_empty(),
             "an unchanged MPO marks nothing"
         );
         flags.mpo_seen(&mpo("a", "two", Some("sha256:1")));
-        assert_eq!(flags.take_dirty().1, set(&["one", "two"]));
-        let round = flags.mpo_gone("a", "two");
-        assert_eq!(flags.take_dirty(), (round + 1, set(&["two"])));
+        assert_eq!(dirty(&flags, now), set(&["one", "two"]));
+        flags.mpo_gone("a", "two");
+        assert_eq!(dirty(&flags, now), set(&["two"]));
+    }
+
+    #[test]
+    fn a_source_is_written_again_only_after_its_pace() {
+        let mut state = State::default();
+        let t0 = Instant::now();
+        state.mark("big", false);
+        let taken = state.take_due(t0);
+        assert_eq!(taken, vec![("big".to_owned(), 1)]);
+        // The write took 400 ms: the next one waits 1.6 s.
+        let written = t0 + Duration::from_millis(400);
+        state.wrote("big", 1, Duration::from_millis(400), written);
+        state.mark("big", false);
+        state.mark("small", false);
+        let later = written + Duration::from_millis(500);
+        assert_eq!(state.take_due(later), vec![("small".to_owned(), 1)]);
+        assert_eq!(
+            state.next_due(),
+            Some(written + Duration::from_millis(1600))
+        );
+        assert_eq!(
+            state.take_due(written + Duration::from_millis(1600)),
+            vec![("big".to_owned(), 2)]
+        );
+    }
+
+    #[test]
+    fn pacing_is_capped() {
+        assert_eq!(
+            pace_after(Duration::from_millis(100)),
+            Duration::from_millis(400)
+        );
+        assert_eq!(pace_after(Duration::from_secs(30)), MAX_PACE);
+    }
+
+    #[test]
+    fn a_deletion_is_not_paced_but_waits_for_a_backoff() {
+        let mut state = State::default();
+        let t0 = Instant::now();
+        state.wrote("s", 0, Duration::from_secs(1), t0);
+        let ticket = state.mark("s", true);
+        assert_eq!(
+            state.take_due(t0),
+            vec![("s".to_owned(), 1)],
+            "urgent skips the pace"
+        );
+        assert!(!state.is_synced(&ticket));
+        // The write failed: the source backs off, even for an urgent change.
+        let (wait, new) = state.failed("s", t0, "boom");
+        assert!(new, "a first failure is reported");
+        state.mark("s", true);
+        assert!(state.take_due(t0).is_empty());
+        let retry = t0 + wait;
+        assert_eq!(state.take_due(retry).len(), 1, "due after the backoff");
+        let (again, new) = state.failed("s", retry, "boom");
+        assert!(!new, "the same failure again is not reported");
+        assert!(again > wait, "the backoff grows");
+        let (name, mark) = state.take_due(retry + again).pop().expect("due again");
+        state.wrote(&name, mark, Duration::ZERO, retry + again);
+        assert!(state.is_synced(&ticket));
+    }
+
+    #[test]
+    fn one_failing_source_holds_back_no_other() {
+        let mut state = State::default();
+        let t0 = Instant::now();
+        state.mark("bad", true);
+        state.mark("good", true);
+        assert_eq!(state.take_due(t0).len(), 2);
+        state.failed("bad", t0, "refused");
+        state.wrote("good", 1, Duration::ZERO, t0);
+        let ticket = state.mark("good", true);
+        assert_eq!(state.take_due(t0), vec![("good".to_owned(), 2)]);
+        state.wrote("good", 2, Duration::ZERO, t0);
+        assert!(state.is_synced(&ticket));
+    }
+
+    #[tokio::test]
+    async fn a_deletion_waits_for_a_write_of_its_own_source() {
+        let flags = Arc::new(Flags::default());
+        let ticket = flags.mpo_gone("a", "src");
+        let waiter = tokio::spawn({
+            let flags = flags.clone();
+            async move { flags.wait_flushed(ticket, Duration::from_secs(5)).await }
+        });
+        // A round that wrote another source does not release it.
+        flags
+            .lock()
+            .wrote("other", 9, Duration::ZERO, Instant::now());
+        flags.progress.send_modify(|r| *r += 1);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let (name, mark) = flags.lock().take_due(Instant::now()).remove(0);
+        flags
+            .lock()
+            .wrote(&name, mark, Duration::ZERO, Instant::now());
+        flags.progress.send_modify(|r| *r += 1);
+        assert!(waiter.await.expect("joined"));
     }
 }

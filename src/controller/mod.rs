@@ -7,6 +7,7 @@ mod context;
 mod error;
 pub mod flags;
 mod leader;
+mod listing;
 mod reconcile;
 mod scan;
 pub mod schedule;
@@ -198,6 +199,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     }
     watch.abort();
     let _ = writer.await;
+    ctx.drain_events(std::time::Duration::from_secs(5)).await;
     ctx.metrics.set_ready(false);
     ctx.metrics.set_leader(false);
     heartbeat.abort();

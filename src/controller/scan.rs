@@ -9,10 +9,11 @@ use kube::{
     runtime::controller::Action,
 };
 use serde_json::{Value, json};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use super::{
     Context, ControllerError,
+    error::is_too_large,
     schedule::{LastCheck, jittered},
     source::registry_for,
 };
@@ -45,17 +46,23 @@ pub async fn scan_source(
     if ctx.fence.is_cancelled() {
         return Ok(Action::await_change());
     }
-    let body = scan_status(&source, &listed);
     let api = Api::<ModuleSource>::all(ctx.client.clone());
-    api.patch_status(
-        &name,
-        &PatchParams::apply(SCAN_FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await?;
-    match &listed {
-        Ok(modules) => info!(source = %name, count = modules.len(), "scanned the source's modules"),
-        Err(message) => warn!(source = %name, "{message}"),
+    let listed = match write_scan(&api, &source, listed).await? {
+        Written::Listed(listed) => listed,
+        Written::TooLarge { count, bytes } => {
+            let message = too_large_message(count, bytes);
+            // Said once: a repeated refusal writes the same message and logs at debug.
+            if source.status.as_ref().and_then(|s| s.message.as_deref()) == Some(&message) {
+                debug!(source = %name, "{message}");
+            } else {
+                warn!(source = %name, "{message}");
+            }
+            apply_scan(&api, &name, unlisted_status(&message)).await?;
+            Err(message)
+        }
+    };
+    if let Ok(modules) = &listed {
+        info!(source = %name, count = modules.len(), "scanned the source's modules");
     }
     let wait = jittered(ctx.settings.source_scan_interval, &key);
     ctx.record_check(
@@ -69,6 +76,65 @@ pub async fn scan_source(
         },
     );
     Ok(Action::requeue(wait))
+}
+
+enum Written {
+    /// The scan's status was written: the modules, or the failure to list them.
+    Listed(Result<Vec<String>, String>),
+    /// The apiserver refused the module list as too large for one object.
+    TooLarge { count: usize, bytes: usize },
+}
+
+async fn write_scan(
+    api: &Api<ModuleSource>,
+    source: &ModuleSource,
+    listed: Result<Vec<String>, String>,
+) -> Result<Written, kube::Error> {
+    let body = scan_status(source, &listed);
+    match apply_scan(api, &source.name_any(), body.clone()).await {
+        Ok(()) => {
+            if let Err(message) = &listed {
+                warn!(source = %source.name_any(), "{message}");
+            }
+            Ok(Written::Listed(listed))
+        }
+        Err(e) if is_too_large(&e) => Ok(Written::TooLarge {
+            count: listed.as_ref().map_or(0, Vec::len),
+            bytes: body.to_string().len(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+async fn apply_scan(api: &Api<ModuleSource>, name: &str, body: Value) -> Result<(), kube::Error> {
+    api.patch_status(
+        name,
+        &PatchParams::apply(SCAN_FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map(drop)
+}
+
+/// SPEC §8 and issue 22: one ModuleSource holds about 1.5 MiB (etcd's default request limit).
+pub fn too_large_message(count: usize, bytes: usize) -> String {
+    format!(
+        "cannot list {count} modules in the status: {} KiB of module names is more than one \
+         ModuleSource can hold (the apiserver refused the write as too large); every module of \
+         this source is admitted",
+        bytes.div_ceil(1024)
+    )
+}
+
+/// The scan's status when its list does not fit: no names and no count, so that the source
+/// counts as not scanned and every MPO on it goes on (SPEC §3.2), with the reason in `message`.
+fn unlisted_status(message: &str) -> Value {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    json!({
+        "apiVersion": "deckhouse.io/v1alpha1",
+        "kind": "ModuleSource",
+        "status": { "syncTime": now, "phase": "Active", "message": message }
+    })
 }
 
 /// The status the scan owns. A failed scan re-applies the names it had, because an apply that
@@ -94,13 +160,7 @@ fn scan_status(source: &ModuleSource, listed: &Result<Vec<String>, String>) -> V
 
 /// The names the source lists now; entries that only carry a flag are not names to keep.
 fn known_modules(source: &ModuleSource) -> Vec<String> {
-    source
-        .status
-        .iter()
-        .flat_map(|s| s.modules.iter().flatten())
-        .filter(|m| super::source::is_listed(source, &m.name))
-        .map(|m| m.name.clone())
-        .collect()
+    super::listing::Listing::of(source).names().to_vec()
 }
 
 pub fn scan_error_policy(

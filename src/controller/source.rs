@@ -2,24 +2,15 @@
 
 use kube::ResourceExt;
 
-use super::{Context, PassError, flags};
+use super::{Context, PassError, listing};
 use crate::{
     crd::{ConnectSettings, DockerCfgError, ModuleSource, RegistrySpecError},
     registry::{Registry, RegistryConfig},
 };
 
-/// SPEC §3.2: a source that lists modules must list this one. "Lists modules" is judged by
-/// `modulesCount` (written by the scan or whoever owns the list), not by the entries alone, and an
-/// entry counts only when some writer other than the flags writer owns it: the flags writer's own
-/// `overridden` entries would otherwise make an unlisted module look listed, and keep itself so.
+/// SPEC §3.2 as a pass error: the rule itself is in [`listing`].
 pub fn check_module_listed(source: &ModuleSource, module: &str) -> Result<(), PassError> {
-    let scanned = source
-        .status
-        .as_ref()
-        .and_then(|s| s.modules_count)
-        .unwrap_or_default()
-        > 0;
-    if !scanned || is_listed(source, module) {
+    if listing::admits(source, module) {
         Ok(())
     } else {
         Err(PassError::ModuleNotListed {
@@ -27,33 +18,6 @@ pub fn check_module_listed(source: &ModuleSource, module: &str) -> Result<(), Pa
             source_name: source.name_any(),
         })
     }
-}
-
-/// Whether the source's status has an entry for `module` that a lister (not only the flags
-/// writer) owns. Without managedFields (nothing to tell owners apart), any entry counts.
-pub fn is_listed(source: &ModuleSource, module: &str) -> bool {
-    let has_entry = source
-        .status
-        .as_ref()
-        .and_then(|s| s.modules.as_ref())
-        .is_some_and(|modules| modules.iter().any(|m| m.name == module));
-    if !has_entry {
-        return false;
-    }
-    let managers = source.managed_fields();
-    if managers.is_empty() {
-        return true;
-    }
-    let key = format!("k:{}", serde_json::json!({ "name": module }));
-    managers
-        .iter()
-        .filter(|e| !e.manager.as_deref().is_some_and(flags::is_flags_manager))
-        .filter_map(|e| e.fields_v1.as_ref())
-        .any(|f| {
-            f.0.pointer("/f:status/f:modules")
-                .and_then(|m| m.get(&key))
-                .is_some()
-        })
 }
 
 /// The registry client for a source: credentials for its host, its CA and scheme.
@@ -99,60 +63,22 @@ mod tests {
     use super::*;
     use crate::crd::{ModuleSourceStatus, SourceModule, test_source};
 
-    fn source(count: Option<i64>, names: &[&str]) -> ModuleSource {
+    #[test]
+    fn an_unlisted_module_is_a_pass_error_naming_both() {
         let mut s = test_source("src");
         s.status = Some(ModuleSourceStatus {
-            modules: Some(
-                names
-                    .iter()
-                    .map(|n| SourceModule {
-                        name: (*n).into(),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            modules_count: count,
+            modules: Some(vec![SourceModule {
+                name: "other".into(),
+                ..Default::default()
+            }]),
+            modules_count: Some(1),
             ..Default::default()
         });
-        s
-    }
-
-    #[test]
-    fn only_a_source_that_lists_modules_can_miss_one() {
-        assert!(
-            check_module_listed(&source(None, &["other"]), "echo").is_ok(),
-            "override entries alone"
+        assert!(check_module_listed(&s, "other").is_ok());
+        let err = check_module_listed(&s, "echo").expect_err("not listed");
+        assert_eq!(
+            err.to_string(),
+            r#"module "echo" is not in ModuleSource "src""#
         );
-        assert!(check_module_listed(&source(Some(0), &[]), "echo").is_ok());
-        assert!(check_module_listed(&source(Some(2), &["echo", "b"]), "echo").is_ok());
-        assert!(matches!(
-            check_module_listed(&source(Some(1), &["other"]), "echo"),
-            Err(PassError::ModuleNotListed { .. })
-        ));
-    }
-
-    #[test]
-    fn an_entry_only_the_flags_writer_owns_is_not_listed() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
-        let mut s = source(Some(2), &["echo", "other"]);
-        let owns = |manager: &str, name: &str| ManagedFieldsEntry {
-            manager: Some(manager.into()),
-            subresource: Some("status".into()),
-            fields_v1: Some(FieldsV1(serde_json::json!({"f:status": {"f:modules": {
-                format!("k:{{\"name\":\"{name}\"}}"): {".": {}, "f:name": {}}
-            }}}))),
-            ..Default::default()
-        };
-        s.metadata.managed_fields = Some(vec![
-            owns("mpo-operator-scan", "other"),
-            owns(flags::FLAGS_FIELD_MANAGER, "echo"),
-            owns(flags::FLAGS_FIELD_MANAGER, "other"),
-        ]);
-        assert!(is_listed(&s, "other"));
-        assert!(
-            !is_listed(&s, "echo"),
-            "a flag alone does not list a module"
-        );
-        assert!(check_module_listed(&s, "echo").is_err());
     }
 }

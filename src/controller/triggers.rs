@@ -1,14 +1,12 @@
 //! What makes a pass run: the renew annotations, the fingerprint of everything a pass depends
 //! on, and which MPOs a ModuleSource change must wake.
 
-use std::{
-    collections::BTreeSet,
-    hash::{DefaultHasher, Hash, Hasher},
-};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
+use super::listing::Listing;
 use crate::crd::{ModulePullOverride, ModuleSource, RENEW_ANNOTATION, RENEW_FORCE_ANNOTATION};
 
 /// What the user asked for with an annotation.
@@ -60,7 +58,7 @@ pub fn fingerprint(mpo: &ModulePullOverride, source: Option<&ModuleSource>) -> u
             .unwrap_or_default()
             .hash(&mut hasher);
         // Only whether this module is listed matters; other MPOs' entries must not retrigger it.
-        let listed = super::source::check_module_listed(source, &mpo.name_any()).is_ok();
+        let listed = super::listing::admits(source, &mpo.name_any());
         listed.hash(&mut hasher);
     }
     hasher.finish()
@@ -71,8 +69,7 @@ pub fn fingerprint(mpo: &ModulePullOverride, source: Option<&ModuleSource>) -> u
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceView {
     registry: u64,
-    scanned: bool,
-    listed: BTreeSet<String>,
+    listing: Listing,
 }
 
 impl SourceView {
@@ -81,23 +78,15 @@ impl SourceView {
         serde_json::to_string(&source.spec.registry)
             .unwrap_or_default()
             .hash(&mut hasher);
-        let status = source.status.as_ref();
         Self {
             registry: hasher.finish(),
-            scanned: status.and_then(|s| s.modules_count).unwrap_or_default() > 0,
-            listed: status
-                .and_then(|s| s.modules.as_ref())
-                .into_iter()
-                .flatten()
-                .filter(|m| super::source::is_listed(source, &m.name))
-                .map(|m| m.name.clone())
-                .collect(),
+            listing: Listing::of(source),
         }
     }
 
-    /// Whether an MPO for `module` may proceed (SPEC §3.2, as `source::check_module_listed`).
+    /// Whether an MPO for `module` may proceed (SPEC §3.2).
     pub fn admits(&self, module: &str) -> bool {
-        !self.scanned || self.listed.contains(module)
+        self.listing.admits(module)
     }
 }
 

@@ -66,7 +66,10 @@ impl Operator {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_mpo-operator"))
+        // MPO_OPERATOR_BIN runs another build (a benchmark's "before" side by side with "after").
+        let binary = std::env::var_os("MPO_OPERATOR_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_mpo-operator").into());
+        let child = Command::new(binary)
             .args(&self.args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env_remove("RUST_LOG")
