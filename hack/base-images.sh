@@ -55,7 +55,7 @@ build_customize() {
   # Minimal profile only: the files listed in the rustc, cargo and rust-std component manifests,
   # without documentation.
   for c in rustc cargo rust-std; do
-    f=$(ls "$tc"/lib/rustlib/manifest-"$c"-* 2>/dev/null | head -1)
+    f=$(ls "$tc"/lib/rustlib/manifest-"$c"-* 2>/dev/null | sed -n 1p)
     [ -n "$f" ] || die "toolchain $tc has no $c component"
     sed -n 's/^file://p' "$f"
   done | grep -v -E '^share/(doc|man)/' | LC_ALL=C sort -u | tar -C "$tc" -cf - -T - | tar -C "$dest" -xf -

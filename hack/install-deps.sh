@@ -29,5 +29,6 @@ if [ ! -x "$ETCD_DIR/root/usr/bin/etcd" ]; then
   apt-get download -qq etcd-server/trixie
   dpkg -x etcd-server_*.deb root
 fi
-"$ETCD_DIR/root/usr/bin/etcd" --version | head -1 >&2
+# sed reads all of it: `head -1` exits early, and etcd's SIGPIPE (141) fails the script under pipefail.
+"$ETCD_DIR/root/usr/bin/etcd" --version | sed -n 1p >&2
 echo "$ETCD_DIR/root/usr/bin"

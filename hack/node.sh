@@ -437,7 +437,7 @@ import_image() { # import_image NAME IMAGE-or-TAR: into containerd's k8s.io name
     "${PODMAN[@]}" save -q --format docker-archive -o "$tar" "$src"
   fi
   out=$(ctr -a "$D/run/containerd.sock" -n k8s.io images import "$tar" 2>&1) || { log "$out"; return 1; }
-  sed -n 's/^unpacking \(.*\) (sha256:.*/\1/p' <<<"$out" | head -1
+  sed -n 's/^unpacking \(.*\) (sha256:.*/\1/p' <<<"$out" | sed -n 1p
 }
 
 # --- stop -----------------------------------------------------------------------------------
