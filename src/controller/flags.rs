@@ -448,27 +448,14 @@ async fn release_legacy_managers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{
-        ModulePullOverrideSpec, ModulePullOverrideStatus, ModuleSourceStatus, SourceModule,
-    };
+    use crate::crd::{ModulePullOverrideSpec, ModulePullOverrideStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
 
     fn source(listed: Option<&[&str]>) -> ModuleSource {
-        let mut s = crate::crd::test_source("src");
-        s.status = listed.map(|names| ModuleSourceStatus {
-            modules: Some(
-                names
-                    .iter()
-                    .map(|n| SourceModule {
-                        name: (*n).into(),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            modules_count: Some(names.len() as i64),
-            ..Default::default()
-        });
-        s
+        match listed {
+            Some(names) => crate::crd::test_source_listing("src", Some(names.len() as i64), names),
+            None => crate::crd::test_source("src"),
+        }
     }
 
     fn mpo(name: &str, source: &str, digest: Option<&str>) -> ModulePullOverride {

@@ -133,25 +133,11 @@ pub fn list_key_name(key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ModuleSourceStatus, SourceModule, test_source};
+    use crate::crd::test_source_listing;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 
     fn source(count: Option<i64>, names: &[&str]) -> ModuleSource {
-        let mut s = test_source("src");
-        s.status = Some(ModuleSourceStatus {
-            modules: Some(
-                names
-                    .iter()
-                    .map(|n| SourceModule {
-                        name: (*n).into(),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            modules_count: count,
-            ..Default::default()
-        });
-        s
+        test_source_listing("src", count, names)
     }
 
     fn owns(manager: &str, names: &[&str]) -> ManagedFieldsEntry {

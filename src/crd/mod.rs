@@ -11,12 +11,12 @@ pub use module_pull_override::{
     FINALIZER, ModulePullOverride, ModulePullOverrideSpec, ModulePullOverrideStatus,
     RENEW_ANNOTATION, RENEW_FORCE_ANNOTATION,
 };
-#[cfg(test)]
-pub use module_source::test_source;
 pub use module_source::{
     ConnectSettings, ModuleSource, ModuleSourceSpec, ModuleSourceStatus, RegistrySpec,
     RegistrySpecError, Scheme, SourceModule,
 };
+#[cfg(test)]
+pub use module_source::{test_source, test_source_listing};
 pub use scan_interval::{ScanInterval, ScanIntervalError};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -129,6 +129,27 @@ pub struct SourceModule {
     pub error: Option<String>,
 }
 
+/// For unit tests: [`test_source`] whose status has an entry for each of `names` and
+/// `modulesCount` = `count`.
+#[cfg(test)]
+pub fn test_source_listing(name: &str, count: Option<i64>, names: &[&str]) -> ModuleSource {
+    let mut source = test_source(name);
+    source.status = Some(ModuleSourceStatus {
+        modules: Some(
+            names
+                .iter()
+                .map(|n| SourceModule {
+                    name: (*n).into(),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        modules_count: count,
+        ..Default::default()
+    });
+    source
+}
+
 /// For unit tests: a source named `name` on `r/m` over HTTPS, anonymous, without status.
 #[cfg(test)]
 pub fn test_source(name: &str) -> ModuleSource {
