@@ -268,23 +268,37 @@ fn sample_value(line: &str) -> f64 {
 /// Sum and count of `apiserver_request_duration_seconds` for our two resources.
 fn apiserver_latency(cluster: &support::Cluster) -> Result<BTreeMap<String, (f64, u64)>> {
     let text = cluster.kubectl_ok(&["get", "--raw", "/metrics"]);
+    Ok(histogram_sums(
+        &text,
+        "apiserver_request_duration_seconds",
+        |labels| {
+            let resource = label(labels, "resource")?;
+            (resource == "modulepulloverrides" || resource == "modulesources")
+                .then(|| request_key(labels, &resource))
+        },
+    ))
+}
+
+/// `(sum, count)` of histogram `metric`, per key that `key_of` gives a line's labels (`None`
+/// leaves the line out).
+fn histogram_sums(
+    text: &str,
+    metric: &str,
+    key_of: impl Fn(&str) -> Option<String>,
+) -> BTreeMap<String, (f64, u64)> {
+    let (sum_prefix, count_prefix) = (format!("{metric}_sum{{"), format!("{metric}_count{{"));
     let mut out: BTreeMap<String, (f64, u64)> = BTreeMap::new();
     for line in text.lines() {
-        let (is_sum, rest) =
-            if let Some(r) = line.strip_prefix("apiserver_request_duration_seconds_sum{") {
-                (true, r)
-            } else if let Some(r) = line.strip_prefix("apiserver_request_duration_seconds_count{") {
-                (false, r)
-            } else {
-                continue;
-            };
-        let Some(resource) = label(rest, "resource") else {
+        let (is_sum, labels) = if let Some(r) = line.strip_prefix(&sum_prefix) {
+            (true, r)
+        } else if let Some(r) = line.strip_prefix(&count_prefix) {
+            (false, r)
+        } else {
             continue;
         };
-        if resource != "modulepulloverrides" && resource != "modulesources" {
+        let Some(key) = key_of(labels) else {
             continue;
-        }
-        let key = request_key(rest, &resource);
+        };
         let entry = out.entry(key).or_default();
         if is_sum {
             entry.0 += sample_value(line);
@@ -292,7 +306,7 @@ fn apiserver_latency(cluster: &support::Cluster) -> Result<BTreeMap<String, (f64
             entry.1 += sample_value(line) as u64;
         }
     }
-    Ok(out)
+    out
 }
 
 fn latency_diff(
@@ -321,24 +335,11 @@ fn request_key(line: &str, resource: &str) -> String {
 /// The operator's `mpo_pass_duration_seconds` by result: (sum, count).
 fn pass_histogram(operator: &Operator) -> Result<BTreeMap<String, (f64, u64)>> {
     let (_, body) = operator.http_get("/metrics").context("metrics")?;
-    let mut out: BTreeMap<String, (f64, u64)> = BTreeMap::new();
-    for line in body.lines() {
-        let (is_sum, rest) = if let Some(r) = line.strip_prefix("mpo_pass_duration_seconds_sum{") {
-            (true, r)
-        } else if let Some(r) = line.strip_prefix("mpo_pass_duration_seconds_count{") {
-            (false, r)
-        } else {
-            continue;
-        };
-        let result = label(rest, "result").unwrap_or_default();
-        let entry = out.entry(result).or_default();
-        if is_sum {
-            entry.0 += sample_value(line);
-        } else {
-            entry.1 += sample_value(line) as u64;
-        }
-    }
-    Ok(out)
+    Ok(histogram_sums(
+        &body,
+        "mpo_pass_duration_seconds",
+        |labels| Some(label(labels, "result").unwrap_or_default()),
+    ))
 }
 
 /// Small distinct module images, eight pushes at a time.
