@@ -142,6 +142,7 @@ pub async fn download(
         let (reader, failure) = registry.layer_reader(image, layer).await?;
         let compression = match layer.media_type {
             LayerMediaType::TarGzip => LayerCompression::Gzip,
+            LayerMediaType::TarZstd => LayerCompression::Zstd,
             LayerMediaType::Tar => LayerCompression::None,
         };
         let reader = Counted {

@@ -10,8 +10,8 @@ use std::{path::Path, process::Command, time::Duration};
 use base64::Engine as _;
 
 use support::{
-    images::{BuiltImage, ModuleImage, OCI_MANIFEST},
-    proxy::{Fault, FaultProxy},
+    images::{BuiltImage, ModuleImage, OCI_MANIFEST, push_module_names},
+    proxy::{Fault, FaultProxy, LinkForm},
     registry::{HeadAuth, RegistryKind, curl_head_digest},
     scenario::{REPO_PATH, Scenario, SourceOptions, files_under, sorted},
     wait_for,
@@ -289,5 +289,102 @@ async fn a_tag_list_in_pages_is_listed_whole() {
     assert!(
         pages.iter().any(|p| p.path.contains("last=")),
         "the next pages were asked for: {pages:?}"
+    );
+}
+
+/// The modules a source's status lists.
+fn listed_modules(source: &serde_json::Value) -> Vec<String> {
+    source["status"]["modules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_next_page_link_in_any_same_origin_form_is_followed_and_another_origin_fails_the_scan() {
+    let cluster = require_cluster!();
+    let names = ["l-a", "l-b", "l-c", "l-d", "l-e"];
+    let mut s = Scenario::start(
+        cluster,
+        "links",
+        RegistryKind::Plain,
+        &names,
+        &["--source-scan-interval", "2s"],
+    )
+    .await;
+    let proxy = FaultProxy::start(&s.registry);
+    let port = proxy.host().rsplit(':').next().expect("port").to_owned();
+    s.route_source_through(proxy.host());
+    let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    // Each form must list a module pushed after the previous form was seen working.
+    for (round, form) in [
+        LinkForm::Relative,
+        LinkForm::Absolute(format!("HTTP://127.0.0.1:{port}")),
+        LinkForm::Absolute(format!("http://127.0.0.1:{port}")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        proxy.clear();
+        proxy.fail_method("GET", "/tags/list", Fault::PageTagsLinked(2, form.clone()));
+        let name = format!("l-new{round}");
+        push_module_names(&s.registry, REPO_PATH, &[&name])
+            .await
+            .expect("module name pushed");
+        expected.push(name);
+        let want = expected.clone();
+        wait_for(
+            &format!("all modules listed with links {form:?}"),
+            WAIT,
+            || async {
+                let listed = listed_modules(&s.source_object());
+                want.iter().all(|n| listed.contains(n)).then_some(())
+            },
+        )
+        .await;
+    }
+
+    // A link to another origin (here the same proxy by another name) is not followed: the scan
+    // fails and says so, and the status keeps the whole list it had, not the first page.
+    proxy.clear();
+    let switched = std::time::Instant::now();
+    proxy.fail_method(
+        "GET",
+        "/tags/list",
+        Fault::PageTagsLinked(2, LinkForm::Absolute(format!("http://localhost:{port}"))),
+    );
+    push_module_names(&s.registry, REPO_PATH, &["l-unseen"])
+        .await
+        .expect("module name pushed");
+    let source = wait_for("the scan reports the foreign link", WAIT, || async {
+        let source = s.source_object();
+        source["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("another origin"))
+            .then_some(source)
+    })
+    .await;
+    let message = source["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("http://localhost:"),
+        "names the origin: {message}"
+    );
+    assert!(!message.contains("last="), "no path or query: {message}");
+    let listed = listed_modules(&source);
+    assert!(
+        expected.iter().all(|n| listed.contains(n)) && !listed.iter().any(|n| n == "l-unseen"),
+        "the last whole list is kept: {listed:?}"
+    );
+    // "localhost" is this very proxy: a followed link would have shown up as a second page.
+    let followed: Vec<_> = proxy
+        .matching("GET", "/tags/list")
+        .into_iter()
+        .filter(|r| r.at > switched && r.path.contains("last="))
+        .collect();
+    assert!(
+        followed.is_empty(),
+        "the other origin was asked: {followed:?}"
     );
 }

@@ -159,8 +159,10 @@ fn is_about_content(err: &RegistryError) -> bool {
         err,
         RegistryError::BadManifest(_)
             | RegistryError::NoLayers
-            | RegistryError::NoPlatform
+            | RegistryError::NoPlatform { .. }
             | RegistryError::UnsupportedMediaType(_)
+            | RegistryError::ForeignLayer(_)
+            | RegistryError::NotAModule(_)
     )
 }
 

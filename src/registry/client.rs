@@ -2,16 +2,19 @@ use std::{sync::Arc, time::Duration};
 
 use oci_client::{
     client::{Certificate, CertificateEncoding},
-    manifest::{self, ImageIndexEntry, OciDescriptor, OciImageManifest, OciManifest},
+    manifest::{self, OciDescriptor, OciImageManifest, OciManifest},
 };
 use reqwest::Method;
 use tokio::io::AsyncRead;
 use tokio_util::io::StreamReader;
+use tracing::debug;
 
 use super::RegistryCredentials;
 use super::{
     ModuleRef, RegistryError, RepoName, RequestObserver,
     http::{Http, SharedHttp, content_digest, read_body},
+    media, pages,
+    platform::choose_platform,
     verify::{BodyFailure, Deadline, Verified},
 };
 use crate::Digest;
@@ -40,6 +43,7 @@ pub struct RegistryConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerMediaType {
     TarGzip,
+    TarZstd,
     Tar,
 }
 
@@ -162,8 +166,8 @@ impl Registry {
         }
     }
 
-    /// The image manifest at `digest` (an index is resolved to linux/amd64 or its only entry),
-    /// its bytes verified against the digest.
+    /// The image manifest at `digest` (an index is resolved to one image as
+    /// [`choose_platform`] does), its bytes verified against the digest.
     pub async fn manifest(
         &self,
         image: &ModuleRef,
@@ -172,14 +176,15 @@ impl Registry {
         let image_manifest = match self.verified_manifest(image, digest).await? {
             OciManifest::Image(m) => m,
             OciManifest::ImageIndex(index) => {
-                let chosen =
-                    linux_amd64_or_only(&index.manifests).ok_or(RegistryError::NoPlatform)?;
-                let chosen: Digest = chosen.parse().map_err(|_| {
+                let chosen = choose_platform(&index.manifests)?;
+                debug!(image = %image.at_digest(digest), platform = %chosen.platform, reason = %chosen.reason, "chose the image of an index");
+                let entry: Digest = chosen.digest.parse().map_err(|_| {
                     RegistryError::BadManifest(format!(
-                        "index entry {chosen:?} is not a sha256 digest"
+                        "index entry {:?} is not a sha256 digest",
+                        chosen.digest
                     ))
                 })?;
-                platform_manifest(self.verified_manifest(image, &chosen).await?)?
+                platform_manifest(self.verified_manifest(image, &entry).await?)?
             }
         };
         to_image_manifest(&image_manifest)
@@ -235,19 +240,31 @@ impl Registry {
 
     async fn list_tags_of(&self, repository: &str) -> Result<Vec<String>, RegistryError> {
         let endpoint = self.repo.endpoint();
-        let mut url = self
-            .http
-            .url_of(&endpoint, repository, "tags", "list")
-            .to_string()
-            + &format!("?n={TAGS_PAGE}");
+        let first =
+            self.http.url_of(&endpoint, repository, "tags", "list") + &format!("?n={TAGS_PAGE}");
+        let mut url = url::Url::parse(&first).map_err(|_| RegistryError::BadRepo {
+            repo: self.repo.to_string(),
+            reason: "it does not make a URL".into(),
+        })?;
         let mut tags = Vec::new();
         for _ in 0..MAX_TAG_PAGES {
             let exchange = self
                 .http
-                .exchange_at(Method::GET, &endpoint, repository, &url, "application/json")
+                .exchange_at(
+                    Method::GET,
+                    &endpoint,
+                    repository,
+                    url.as_str(),
+                    "application/json",
+                )
                 .await?;
             let response = exchange.response;
-            let next = next_page(response.headers(), self.http.scheme, &endpoint);
+            // Before the body: a failed status is reported as such, not as a bad link.
+            let next = if response.status().is_success() {
+                pages::next_page(response.headers(), &url)?
+            } else {
+                None
+            };
             let body = self
                 .small_body(response, MAX_TAGS_PAGE_BYTES, "a tag list page")
                 .await?;
@@ -298,6 +315,7 @@ impl Registry {
         digest: &Digest,
     ) -> Result<OciManifest, RegistryError> {
         let (raw, _) = self.get_manifest(image, &digest.to_string()).await?;
+        media::refuse_schema1(&raw)?;
         let actual = Digest::of(&raw);
         if actual != *digest {
             return Err(RegistryError::BadManifest(format!(
@@ -362,33 +380,6 @@ struct TagPage {
     tags: Option<Vec<String>>,
 }
 
-/// The `rel="next"` target of a `Link` header, as a URL on the same registry host. An absolute
-/// URL to another host is not followed: our credentials would go with it.
-fn next_page(headers: &reqwest::header::HeaderMap, scheme: &str, endpoint: &str) -> Option<String> {
-    let link = headers.get(reqwest::header::LINK)?.to_str().ok()?;
-    let target = link.split(',').find_map(|part| {
-        let (target, params) = part.split_once(';')?;
-        params
-            .split(';')
-            .any(|p| {
-                let p = p.trim().replace(' ', "");
-                p == "rel=\"next\"" || p == "rel=next"
-            })
-            .then(|| {
-                target
-                    .trim()
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_owned()
-            })
-    })?;
-    if target.starts_with("/v2/") {
-        return Some(format!("{scheme}://{endpoint}{target}"));
-    }
-    let same_host = format!("{scheme}://{endpoint}/v2/");
-    target.starts_with(&same_host).then_some(target)
-}
-
 /// After a HEAD with this status, a GET can tell more (the registry's own error code in a body).
 fn worth_a_get(status: reqwest::StatusCode) -> bool {
     use reqwest::StatusCode as S;
@@ -442,6 +433,8 @@ fn reqwest_client(
 const USER_AGENT: &str = concat!("mpo-operator/", env!("CARGO_PKG_VERSION"));
 
 fn to_image_manifest(manifest: &OciImageManifest) -> Result<ImageManifest, RegistryError> {
+    let config = &manifest.config;
+    media::refuse_artifacts(&config.media_type, manifest.artifact_type.as_deref())?;
     if manifest.layers.is_empty() {
         return Err(RegistryError::NoLayers);
     }
@@ -449,8 +442,8 @@ fn to_image_manifest(manifest: &OciImageManifest) -> Result<ImageManifest, Regis
         .layers
         .iter()
         .map(to_layer)
-        .collect::<Result<Vec<_>, _>>()?;
-    let config = &manifest.config;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| media::unreadable_layer(&config.media_type, err))?;
     Ok(ImageManifest {
         layers,
         config: ConfigBlob {
@@ -474,28 +467,12 @@ fn descriptor_size(descriptor: &OciDescriptor) -> Result<u64, RegistryError> {
 }
 
 fn to_layer(descriptor: &OciDescriptor) -> Result<Layer, RegistryError> {
-    let media_type = match descriptor.media_type.as_str() {
-        manifest::IMAGE_LAYER_GZIP_MEDIA_TYPE | manifest::IMAGE_DOCKER_LAYER_GZIP_MEDIA_TYPE => {
-            LayerMediaType::TarGzip
-        }
-        manifest::IMAGE_LAYER_MEDIA_TYPE | manifest::IMAGE_DOCKER_LAYER_TAR_MEDIA_TYPE => {
-            LayerMediaType::Tar
-        }
-        other => return Err(RegistryError::UnsupportedMediaType(other.to_owned())),
-    };
+    let media_type = media::layer_media_type(&descriptor.media_type)?;
     Ok(Layer {
         digest: descriptor_digest(descriptor)?,
         size: descriptor_size(descriptor)?,
         media_type,
     })
-}
-
-/// The single manifest of an index, or its linux/amd64 one.
-fn linux_amd64_or_only(entries: &[ImageIndexEntry]) -> Option<String> {
-    if let [only] = entries {
-        return Some(only.digest.clone());
-    }
-    oci_client::client::linux_amd64_resolver(entries)
 }
 
 /// Splits a PEM bundle into certificates; each is added to the system roots for this source only.
@@ -539,38 +516,6 @@ fn validate_pem_body(body: &str) -> Result<(), RegistryError> {
 
 #[cfg(test)]
 mod tests {
-    fn link(value: &str) -> reqwest::header::HeaderMap {
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::LINK,
-            reqwest::header::HeaderValue::from_str(value).expect("header"),
-        );
-        headers
-    }
-
-    #[test]
-    fn tag_pages_follow_next_links_on_the_same_host_only() {
-        let next = next_page(
-            &link(r#"</v2/mods/tags/list?last=b&n=2>; rel="next""#),
-            "https",
-            "r.example:5000",
-        );
-        assert_eq!(
-            next.as_deref(),
-            Some("https://r.example:5000/v2/mods/tags/list?last=b&n=2")
-        );
-        let absolute = link(r#"<https://r.example:5000/v2/mods/tags/list?last=c>; rel=next"#);
-        assert!(next_page(&absolute, "https", "r.example:5000").is_some());
-        let elsewhere = link(r#"<https://evil.example/v2/x/tags/list>; rel="next""#);
-        assert_eq!(next_page(&elsewhere, "https", "r.example:5000"), None);
-        let prev_only = link(r#"</v2/mods/tags/list?last=a>; rel="prev""#);
-        assert_eq!(next_page(&prev_only, "https", "r.example:5000"), None);
-        assert_eq!(
-            next_page(&reqwest::header::HeaderMap::new(), "https", "r"),
-            None
-        );
-    }
-
     use super::*;
 
     #[test]

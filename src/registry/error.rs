@@ -73,8 +73,14 @@ pub enum RegistryError {
     InsecureRealm,
     #[error("unsupported layer media type {0:?}")]
     UnsupportedMediaType(String),
-    #[error("image index has no linux/amd64 manifest")]
-    NoPlatform,
+    #[error(
+        "the image has a foreign (non-distributable) layer {0:?}: its bytes are not in the registry, so a module cannot be made of it"
+    )]
+    ForeignLayer(String),
+    #[error("the image is {0}")]
+    NotAModule(super::media::NotAModule),
+    #[error("the image index holds no module image (its entries: {})", if .platforms.is_empty() { "none".to_owned() } else { .platforms.join(", ") })]
+    NoPlatform { platforms: Vec<String> },
     #[error("image has no layers")]
     NoLayers,
     #[error("{0}")]

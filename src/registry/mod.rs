@@ -13,7 +13,10 @@ mod credentials;
 mod error;
 mod http;
 mod limits;
+mod media;
 mod observe;
+mod pages;
+mod platform;
 mod reference;
 mod verify;
 
@@ -23,6 +26,8 @@ pub use client::{
 pub use credentials::RegistryCredentials;
 pub use error::{MAX_RETRY_AFTER, RegistryCode, RegistryError, TransportKind};
 pub use limits::{DEFAULT_MAX_REQUESTS_PER_HOST, max_requests_per_host, set_max_requests_per_host};
+pub use media::NotAModule;
 pub use observe::RequestObserver;
+pub use platform::{ChoiceReason, ChosenPlatform, choose_platform};
 pub use reference::{ModuleRef, RepoName};
 pub use verify::BodyFailure;

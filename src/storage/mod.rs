@@ -57,6 +57,9 @@ impl Default for Limits {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerCompression {
     Gzip,
+    /// `tar+zstd` layers, as `buildx --output compression=zstd` and `podman push
+    /// --compression-format zstd` write them.
+    Zstd,
     None,
 }
 

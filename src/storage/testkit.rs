@@ -16,7 +16,7 @@ use crate::digest::Digest;
 #[path = "../../tests/support/layers.rs"]
 mod layers;
 
-pub use layers::{TarLayer, header, pax_record};
+pub use layers::{TarLayer, header, pax_record, zstd};
 
 /// Gzip at the fast level, as [`TarLayer::gzip`] does.
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {

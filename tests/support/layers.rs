@@ -262,6 +262,25 @@ impl TarLayer {
     pub fn gzip_best(self) -> Vec<u8> {
         gzip(&self.tar(), Compression::best())
     }
+
+    /// zstd at its default level (3), with a checksum, as `zstd` and `podman push
+    /// --compression-format zstd` write it.
+    pub fn zstd(self) -> Vec<u8> {
+        zstd(&self.tar(), 3)
+    }
+}
+
+/// One zstd frame of `bytes` with a content checksum.
+pub fn zstd(bytes: &[u8], level: i32) -> Vec<u8> {
+    let encoded = zstd::stream::Encoder::new(Vec::new(), level).and_then(|mut encoder| {
+        encoder.include_checksum(true)?;
+        encoder.write_all(bytes)?;
+        encoder.finish()
+    });
+    match encoded {
+        Ok(frame) => frame,
+        Err(err) => panic!("zstd into memory: {err}"),
+    }
 }
 
 /// Gzip without a name or timestamp.

@@ -62,6 +62,23 @@ pub enum Fault {
     /// A tag list in pages of this many tags, with `Link: <…?last=…&n=…>; rel="next"` headers,
     /// as registries that page (distribution 2.8 ignores `n` without a catalog limit).
     PageTags(usize),
+    /// Like [`Fault::PageTags`], the link target written as [`LinkForm`] says.
+    PageTagsLinked(usize, LinkForm),
+    /// Answer 200 with this body and `Content-Type` (e.g. a manifest the registry would not
+    /// store, such as a Docker schema 1 one); the registry is not asked.
+    Respond { content_type: String, body: Vec<u8> },
+}
+
+/// How a paging registry writes the `Link` target of the next page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkForm {
+    /// `/v2/<repo>/tags/list?…` (distribution, Harbor, GitLab).
+    Path,
+    /// `?n=…&last=…`, relative to the request.
+    Relative,
+    /// `<prefix>/v2/<repo>/tags/list?…`: an absolute URL, e.g. `http://LOCALHOST:<port>` (a
+    /// proxy writing its own host in capitals) or another host altogether.
+    Absolute(String),
 }
 
 impl Fault {
@@ -413,7 +430,13 @@ async fn handle(
             (*code, headers, body)
         }
         Some(Fault::RedirectTo(base)) => redirect_response(&format!("{base}{path}")),
-        Some(Fault::PageTags(size)) => page_of_tags(&shared, request, &path, *size).await,
+        Some(Fault::PageTags(size)) => {
+            page_of_tags(&shared, request, &path, *size, &LinkForm::Path).await
+        }
+        Some(Fault::PageTagsLinked(size, form)) => {
+            page_of_tags(&shared, request, &path, *size, form).await
+        }
+        Some(Fault::Respond { content_type, body }) => canned_response(content_type, body),
         _ => forward(&shared, request, fault.as_ref(), conn).await,
     };
     tracker.set_status(status);
@@ -568,6 +591,7 @@ async fn page_of_tags(
     request: Request<Incoming>,
     path: &str,
     size: usize,
+    form: &LinkForm,
 ) -> (u16, HeaderMap, BodyStream) {
     let (base, query) = path.split_once('?').unwrap_or((path, ""));
     let last = query
@@ -601,7 +625,13 @@ async fn page_of_tags(
     if start + page.len() < tags.len()
         && let Some(last) = page.last()
     {
-        let link = format!("<{base}?n={size}&last={last}>; rel=\"next\"");
+        let query = format!("?n={size}&last={last}");
+        let target = match form {
+            LinkForm::Path => format!("{base}{query}"),
+            LinkForm::Relative => query,
+            LinkForm::Absolute(prefix) => format!("{prefix}{base}{query}"),
+        };
+        let link = format!("<{target}>; rel=\"next\"");
         if let Ok(value) = HeaderValue::from_str(&link) {
             headers.insert(header::LINK, value);
         }
@@ -614,6 +644,20 @@ async fn page_of_tags(
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     let body = futures::stream::once(async move { Ok(Bytes::from(body)) }).boxed();
     (200, headers, body)
+}
+
+fn canned_response(content_type: &str, body: &[u8]) -> (u16, HeaderMap, BodyStream) {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let body = Bytes::copy_from_slice(body);
+    (
+        200,
+        headers,
+        futures::stream::once(async move { Ok(body) }).boxed(),
+    )
 }
 
 /// An error as distribution would send it: an OCI error envelope and, for 429, `Retry-After`.

@@ -35,7 +35,7 @@ use tar::{Archive, Entry, EntryType};
 use super::{LayerCompression, LayerStats, LimitKind, Staging, StorageError, tree};
 use paths::{raw_path, safe_relative_path};
 use stream::{
-    HeaderBudget, Metered, check_gzip_trailer, finish, gunzip_on_a_thread, open_archive,
+    Codec, HeaderBudget, Metered, check_trailer, decompress_on_a_thread, finish, open_archive,
     stream_error,
 };
 use whiteouts::whiteout_of;
@@ -48,7 +48,7 @@ const MAX_HEADER_BYTES: u64 = 1024 * 1024;
 const MAX_PATH_BYTES: usize = 4096;
 const MAX_NAME_BYTES: usize = 255;
 /// Decompressed bytes read after the tar end-of-archive marker (tar pads to 10 KiB records).
-const MAX_GZIP_TRAILER_BYTES: u64 = 1024 * 1024;
+const MAX_TRAILER_BYTES: u64 = 1024 * 1024;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 /// `.wh..wh.*` names are whiteout metadata (aufs); only the opaque marker means something.
@@ -56,7 +56,7 @@ const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
 impl Staging {
-    /// Applies one tar layer (gzip or plain) on top of the previous ones, honouring OCI whiteouts.
+    /// Applies one tar layer (gzip, zstd or plain) on top of the previous ones, honouring OCI whiteouts.
     ///
     /// Reads `reader` to EOF even after the tar end-of-archive marker: a verifying reader only
     /// reports a digest or size mismatch at EOF, and that verdict must not be skipped.
@@ -66,19 +66,21 @@ impl Staging {
         compression: LayerCompression,
     ) -> Result<LayerStats, StorageError> {
         let budget = HeaderBudget::default();
-        match compression {
-            LayerCompression::Gzip => gunzip_on_a_thread(reader, |decoded| {
-                let mut archive = open_archive(decoded, &budget);
-                let outcome = self.unpack_archive(&mut archive, &budget);
-                let decoded = archive.into_inner().inner;
-                outcome.and_then(|stats| check_gzip_trailer(decoded).map(|()| stats))
-            }),
+        let codec = match compression {
+            LayerCompression::Gzip => Codec::Gzip,
+            LayerCompression::Zstd => Codec::Zstd,
             LayerCompression::None => {
                 let mut archive = open_archive(reader, &budget);
                 let outcome = self.unpack_archive(&mut archive, &budget);
-                finish(outcome, archive.into_inner().inner)
+                return finish(outcome, archive.into_inner().inner);
             }
-        }
+        };
+        decompress_on_a_thread(reader, codec, |decoded| {
+            let mut archive = open_archive(decoded, &budget);
+            let outcome = self.unpack_archive(&mut archive, &budget);
+            let decoded = archive.into_inner().inner;
+            outcome.and_then(|stats| check_trailer(decoded).map(|()| stats))
+        })
     }
 
     fn unpack_archive<R: Read>(

@@ -1,5 +1,6 @@
-//! The layer stream: tar's header reads capped, the gzip trailer checked, the raw stream
-//! drained to EOF so that a verifying reader can give its verdict.
+//! The layer stream: decompressed (gzip or zstd) on a thread of its own, tar's header reads
+//! capped, the compressed stream's end checked, the raw stream drained to EOF so that a
+//! verifying reader can give its verdict.
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
@@ -19,20 +20,32 @@ pub(super) fn open_archive<R: Read>(reader: R, budget: &HeaderBudget) -> Archive
     archive
 }
 
-/// Decompressed chunks in flight between the gunzip thread and the unpacker: the most the
+/// How a compressed layer is decoded.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Codec {
+    Gzip,
+    Zstd,
+}
+
+/// A zstd frame may ask for a window this large at most (the zstd default limit, 128 MiB): the
+/// decoder's memory is bounded by it, and a frame asking for more is refused, not obeyed.
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
+/// Decompressed chunks in flight between the decompressing thread and the unpacker: the most the
 /// inflater runs ahead, so memory stays bounded (and a gzip bomb stops with the unpacker).
 const DECODED_CHUNKS_IN_FLIGHT: usize = 4;
 
-/// Runs `unpack` on the decompressed stream while another thread inflates it, so that inflating
-/// overlaps with creating files (as `gzip -d | tar -x` does with two processes; on a module of
-/// small files this is what kept us slower than `curl | tar -xzf -`). Then the raw stream's
-/// verdict is combined as [`finish`] does.
+/// Runs `unpack` on the decompressed stream while another thread decompresses it, so that
+/// inflating overlaps with creating files (as `gzip -d | tar -x` does with two processes; on a
+/// module of small files this is what kept us slower than `curl | tar -xzf -`). Then the raw
+/// stream's verdict is combined as [`finish`] does.
 ///
-/// The gunzip thread stops as soon as the unpacker drops the stream. It then drains the raw
+/// The decompressing thread stops as soon as the unpacker drops the stream. It then drains the raw
 /// stream to EOF (for the verifying reader's verdict) unless the unpacker refused the layer:
 /// a refused layer need not be downloaded to its end.
-pub(super) fn gunzip_on_a_thread<R: Read + Send>(
+pub(super) fn decompress_on_a_thread<R: Read + Send>(
     raw: R,
+    codec: Codec,
     unpack: impl FnOnce(&mut Decoded) -> Result<LayerStats, StorageError>,
 ) -> Result<LayerStats, StorageError> {
     let (chunks, received) = mpsc::sync_channel(DECODED_CHUNKS_IN_FLIGHT);
@@ -40,7 +53,7 @@ pub(super) fn gunzip_on_a_thread<R: Read + Send>(
     std::thread::scope(|scope| {
         let wanted = &verdict_wanted;
         // The sender moves into the thread: its end is the unpacker's EOF.
-        let inflater = scope.spawn(move || inflate(raw, chunks, wanted));
+        let inflater = scope.spawn(move || decompress(raw, codec, chunks, wanted));
         let mut decoded = Decoded {
             chunks: received,
             chunk: Vec::new(),
@@ -53,23 +66,64 @@ pub(super) fn gunzip_on_a_thread<R: Read + Send>(
         drop(decoded);
         let verdict = inflater
             .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the gunzip thread panicked")));
+            .unwrap_or_else(|_| Err(io::Error::other("the decompressing thread panicked")));
         combine(outcome, verdict)
     })
 }
 
-/// The gunzip thread: inflates into chunks until the end of the last gzip member, an error, or
-/// the unpacker hanging up; then drains the raw stream if a verdict is wanted.
-fn inflate<R: Read>(
+/// The decompressing thread, with the decoder `codec` names.
+fn decompress<R: Read>(
     raw: R,
+    codec: Codec,
     chunks: mpsc::SyncSender<io::Result<Vec<u8>>>,
     verdict_wanted: &AtomicBool,
 ) -> io::Result<()> {
-    // Multi-member gzip is valid gzip, and Go-based tools (containerd) accept it.
-    let mut decoder = MultiGzDecoder::new(raw);
+    match codec {
+        // Multi-member gzip is valid gzip (eStargz, `pigz --independent` and concatenated
+        // members), and Go-based tools (containerd) accept it.
+        Codec::Gzip => {
+            let mut decoder = MultiGzDecoder::new(raw);
+            if pump(&mut decoder, chunks, verdict_wanted) {
+                drain_to_eof(decoder.into_inner())?;
+            }
+            Ok(())
+        }
+        // The zstd decoder reads every frame, as `zstd -d` does (a stream may hold several).
+        Codec::Zstd => {
+            let mut decoder = match zstd_decoder(raw) {
+                Ok(decoder) => decoder,
+                Err(err) => {
+                    let _ = chunks.send(Err(err));
+                    return Ok(());
+                }
+            };
+            if pump(&mut decoder, chunks, verdict_wanted) {
+                drain_to_eof(decoder.finish())?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn zstd_decoder<R: Read>(
+    raw: R,
+) -> io::Result<zstd::stream::read::Decoder<'static, io::BufReader<R>>> {
+    let mut decoder = zstd::stream::read::Decoder::new(raw)?;
+    decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+    Ok(decoder)
+}
+
+/// Sends the decoded stream in chunks until its end, an error, or the unpacker hanging up.
+/// Whether the raw stream should then be drained for the verifying reader's verdict: not when
+/// the unpacker refused the layer (it need not be downloaded to its end).
+fn pump(
+    decoder: &mut impl Read,
+    chunks: mpsc::SyncSender<io::Result<Vec<u8>>>,
+    verdict_wanted: &AtomicBool,
+) -> bool {
     loop {
         let mut chunk = vec![0; COPY_BUFFER_BYTES];
-        let sent = match read_retrying(&mut decoder, &mut chunk) {
+        let sent = match read_retrying(decoder, &mut chunk) {
             Ok(0) => break,
             Ok(read) => {
                 chunk.truncate(read);
@@ -81,15 +135,13 @@ fn inflate<R: Read>(
                 break;
             }
         };
-        if sent.is_err() && !verdict_wanted.load(Ordering::SeqCst) {
-            return Ok(());
-        }
         if sent.is_err() {
-            break;
+            return verdict_wanted.load(Ordering::SeqCst);
         }
     }
+    // Hanging up is the unpacker's EOF.
     drop(chunks);
-    drain_to_eof(decoder.into_inner())
+    true
 }
 
 fn read_retrying(from: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
@@ -101,7 +153,7 @@ fn read_retrying(from: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// The decompressed layer, chunk by chunk from the gunzip thread; EOF when it hangs up.
+/// The decompressed layer, chunk by chunk from the decompressing thread; EOF when it hangs up.
 pub(super) struct Decoded {
     chunks: mpsc::Receiver<io::Result<Vec<u8>>>,
     chunk: Vec<u8>,
@@ -167,10 +219,11 @@ pub(super) fn finish(
     }
 }
 
-/// Lets gzip reach its CRC and size trailer, past the zero blocks that usually follow the tar
-/// end-of-archive marker. Junk beyond a bound is left to the raw drain instead of decompressed.
-pub(super) fn check_gzip_trailer(decoder: &mut impl Read) -> Result<(), StorageError> {
-    io::copy(&mut decoder.take(MAX_GZIP_TRAILER_BYTES), &mut io::sink())
+/// Lets the decoder reach the end of its stream (gzip's CRC and size trailer, zstd's frame
+/// checksum), past the zero blocks that usually follow the tar end-of-archive marker. Junk
+/// beyond a bound is left to the raw drain instead of decompressed.
+pub(super) fn check_trailer(decoder: &mut impl Read) -> Result<(), StorageError> {
+    io::copy(&mut decoder.take(MAX_TRAILER_BYTES), &mut io::sink())
         .map(|_| ())
         .map_err(|source| StorageError::Read {
             entry: None,
@@ -253,7 +306,7 @@ impl<R: Read> Read for Metered<R> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::fs;
+    use std::{fs, io::Write as _};
 
     use super::super::test_support::*;
     use super::*;
@@ -429,5 +482,99 @@ mod tests {
             .apply_layer(&joined[..], LayerCompression::Gzip)
             .unwrap();
         assert_eq!(fs::read(staging.path().join("b")).unwrap(), b"second half");
+    }
+
+    fn zstd(bytes: &[u8]) -> Vec<u8> {
+        crate::storage::testkit::zstd(bytes, 3)
+    }
+
+    #[test]
+    fn unpacks_zstd_of_one_frame_or_several() {
+        let fixture = Fixture::new();
+        let mut staging = fixture.stage(MODULE, &Digest::of(b"z"));
+        staging
+            .apply_layer(&sample_layer().zstd()[..], LayerCompression::Zstd)
+            .unwrap();
+        assert_sample_unpacked(staging.path());
+
+        let tar = TarLayer::new()
+            .file("a", b"first frame")
+            .file("b", b"second frame")
+            .tar();
+        let mut frames = zstd(&tar[..1024]);
+        frames.extend(zstd(&tar[1024..]));
+        let mut staging = fixture.stage(MODULE, &Digest::of(b"zz"));
+        staging
+            .apply_layer(&frames[..], LayerCompression::Zstd)
+            .unwrap();
+        assert_eq!(fs::read(staging.path().join("b")).unwrap(), b"second frame");
+    }
+
+    #[test]
+    fn broken_zstd_is_a_read_error_and_a_zstd_bomb_stops_early() {
+        let fixture = Fixture::new();
+        let frame = sample_layer().zstd();
+        for broken in [
+            frame[..frame.len() / 2].to_vec(),
+            b"not zstd at all".to_vec(),
+            {
+                // The content checksum at the end of the frame no longer matches.
+                let mut flipped = frame.clone();
+                let last = flipped.len() - 1;
+                flipped[last] ^= 0xff;
+                flipped
+            },
+        ] {
+            let err = fixture
+                .stage(MODULE, &Digest::of(b"b"))
+                .apply_layer(&broken[..], LayerCompression::Zstd)
+                .unwrap_err();
+            assert!(matches!(err, StorageError::Read { .. }), "{err:?}");
+            assert_eq!(err.class(), FailureClass::Download);
+        }
+
+        let fixture = Fixture::with_limits(Limits {
+            max_unpacked_bytes: 1 << 20,
+            ..Limits::default()
+        });
+        // 64 MiB of zeros in a few KiB: the whole bomb is read at once, so what matters is that
+        // the unpacker stops at the limit and writes nothing of it.
+        let bomb = crate::storage::testkit::zstd(
+            &TarLayer::new().file("zeros", &vec![0; 64 << 20]).tar(),
+            3,
+        );
+        let mut staging = fixture.stage(MODULE, &Digest::of(b"zb"));
+        let err = staging
+            .apply_layer(&bomb[..], LayerCompression::Zstd)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::Limit {
+                    kind: LimitKind::UnpackedBytes,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!staging.path().join("zeros").exists());
+    }
+
+    #[test]
+    fn a_zstd_window_past_the_limit_is_refused() {
+        // Level 22 --ultra with a 256 MiB window (window log 28): a decoder obeying it could need
+        // that much memory per layer.
+        let tar = TarLayer::new().file("f", b"x").tar();
+        let frame = {
+            let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+            encoder.window_log(28).unwrap();
+            encoder.write_all(&tar).unwrap();
+            encoder.finish().unwrap()
+        };
+        let err = Fixture::new()
+            .stage(MODULE, &Digest::of(b"w"))
+            .apply_layer(&frame[..], LayerCompression::Zstd)
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Read { .. }), "{err:?}");
     }
 }
