@@ -18,7 +18,9 @@ fi
 log "apt-get update"
 $SUDO apt-get update -qq
 # skopeo and GNU time: reference runs and peak RSS of `cargo bench --bench pull_unpack`.
-pkgs=(docker-registry apache2-utils openssl curl ca-certificates python3 procps skopeo time)
+# podman, buildah and zstd: the compatibility matrix (tests/compat.rs) builds and pushes with them.
+pkgs=(docker-registry apache2-utils openssl curl ca-certificates python3 procps skopeo time
+  podman buildah runc uidmap fuse-overlayfs slirp4netns zstd)
 log "apt-get install ${pkgs[*]}"
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 

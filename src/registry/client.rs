@@ -7,7 +7,7 @@ use oci_client::{
 use reqwest::Method;
 use tokio::io::AsyncRead;
 use tokio_util::io::StreamReader;
-use tracing::debug;
+use tracing::info;
 
 use super::RegistryCredentials;
 use super::{
@@ -177,7 +177,7 @@ impl Registry {
             OciManifest::Image(m) => m,
             OciManifest::ImageIndex(index) => {
                 let chosen = choose_platform(&index.manifests)?;
-                debug!(image = %image.at_digest(digest), platform = %chosen.platform, reason = %chosen.reason, "chose the image of an index");
+                info!(image = %image.at_digest(digest), platform = %chosen.platform, reason = %chosen.reason, "chose the image of an index");
                 let entry: Digest = chosen.digest.parse().map_err(|_| {
                     RegistryError::BadManifest(format!(
                         "index entry {:?} is not a sha256 digest",

@@ -50,6 +50,86 @@ pub fn without_layers(marker: &str) -> BuiltImage {
     }
 }
 
+/// A manifest of `config_media_type` with `config` and `layers` (`(bytes, media type)`), as
+/// artifact tools write them (Helm, oras), or an image with a layer type we refuse.
+pub fn artifact(config_media_type: &str, config: &[u8], layers: &[(Vec<u8>, &str)]) -> BuiltImage {
+    let blob = |data: Vec<u8>, media_type: &str| super::images::Blob {
+        digest: sha256_digest(&data),
+        media_type: media_type.to_owned(),
+        data,
+    };
+    let config = blob(config.to_vec(), config_media_type);
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|(bytes, media_type)| blob(bytes.clone(), media_type))
+        .collect();
+    let descriptor = |b: &super::images::Blob| serde_json::json!({ "mediaType": b.media_type, "digest": b.digest, "size": b.data.len() });
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(&config),
+        "layers": layers.iter().map(descriptor).collect::<Vec<_>>(),
+    }))
+    .expect("manifest JSON");
+    BuiltImage {
+        digest: sha256_digest(&manifest),
+        manifest,
+        config,
+        layers,
+    }
+}
+
+/// The attestation manifest BuildKit pushes beside `image` by default (`docker buildx build
+/// --push`, provenance mode=min), as its docs/attestations/attestation-storage.md lays it out:
+/// an image manifest for platform unknown/unknown whose one layer is an in-toto statement.
+/// Goes in the index with [`buildkit_attestation_annotations`].
+pub fn buildkit_attestation(image: &BuiltImage) -> BuiltImage {
+    let statement = serde_json::to_vec(&serde_json::json!({
+        "_type": "https://in-toto.io/Statement/v0.1",
+        "predicateType": "https://slsa.dev/provenance/v0.2",
+        "subject": [{ "name": "pkg:docker/module@dev", "digest": { "sha256": image.digest.trim_start_matches("sha256:") } }],
+        "predicate": { "builder": { "id": "" }, "buildType": "https://mobyproject.org/buildkit@v1", "metadata": { "buildInvocationID": "mpo-test" } },
+    }))
+    .expect("statement JSON");
+    let config = format!(
+        r#"{{"architecture":"unknown","os":"unknown","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
+        sha256_digest(&statement)
+    );
+    let mut attestation = artifact(
+        OCI_CONFIG,
+        config.as_bytes(),
+        &[(statement, "application/vnd.in-toto+json")],
+    );
+    // The layer carries BuildKit's predicate annotation; rebuild the manifest with it.
+    let layer = &attestation.layers[0];
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": OCI_CONFIG, "digest": attestation.config.digest, "size": attestation.config.data.len() },
+        "layers": [{
+            "mediaType": "application/vnd.in-toto+json",
+            "digest": layer.digest,
+            "size": layer.data.len(),
+            "annotations": { "in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2" },
+        }],
+    }))
+    .expect("manifest JSON");
+    attestation.digest = sha256_digest(&manifest);
+    attestation.manifest = manifest;
+    attestation
+}
+
+/// The index annotations BuildKit puts on the attestation of `image`.
+pub fn buildkit_attestation_annotations(image: &BuiltImage) -> Vec<(&'static str, String)> {
+    vec![
+        ("vnd.docker.reference.digest", image.digest.clone()),
+        (
+            "vnd.docker.reference.type",
+            "attestation-manifest".to_owned(),
+        ),
+    ]
+}
+
 /// Overwrites the stored bytes of blob `digest` with other bytes of the same length, so that only
 /// a digest check (not a size check) can notice.
 pub fn corrupt_blob(registry: &TestRegistry, digest: &str) {

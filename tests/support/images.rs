@@ -404,14 +404,41 @@ pub async fn push_index(
     tag: &str,
     images: &[((&str, &str), &BuiltImage)],
 ) -> Result<String> {
+    let entries: Vec<IndexEntry> = images
+        .iter()
+        .map(|&(platform, image)| IndexEntry {
+            image,
+            platform: Some(platform),
+            annotations: Vec::new(),
+        })
+        .collect();
+    push_index_of(reg, repository, tag, &entries).await
+}
+
+/// One manifest of an index as [`push_index_of`] writes it.
+pub struct IndexEntry<'a> {
+    pub image: &'a BuiltImage,
+    /// `(os, architecture)`; `None` writes no `platform`.
+    pub platform: Option<(&'a str, &'a str)>,
+    pub annotations: Vec<(&'a str, String)>,
+}
+
+/// Pushes each entry's image by digest, then an OCI index of them, in order, under `tag`.
+pub async fn push_index_of(
+    reg: &TestRegistry,
+    repository: &str,
+    tag: &str,
+    entries: &[IndexEntry<'_>],
+) -> Result<String> {
     let tagged = Reference::with_tag(
         reg.host().to_string(),
         repository.to_string(),
         tag.to_string(),
     );
     let client = Pusher::connect(reg, &tagged).await?;
-    let mut entries = Vec::with_capacity(images.len());
-    for ((os, arch), built) in images {
+    let mut descriptors = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let built = entry.image;
         let by_digest = Reference::with_digest(
             reg.host().to_string(),
             repository.to_string(),
@@ -421,17 +448,30 @@ pub async fn push_index(
         client
             .push_manifest(&by_digest, &built.manifest, OCI_MANIFEST, &built.digest)
             .await?;
-        entries.push(format!(
-            r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{},"platform":{{"architecture":"{arch}","os":"{os}"}}}}"#,
-            built.digest,
-            built.manifest.len()
-        ));
+        let mut descriptor = serde_json::json!({
+            "mediaType": OCI_MANIFEST,
+            "digest": built.digest,
+            "size": built.manifest.len(),
+        });
+        if !entry.annotations.is_empty() {
+            let annotations: serde_json::Map<String, serde_json::Value> = entry
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::from(v.as_str())))
+                .collect();
+            descriptor["annotations"] = annotations.into();
+        }
+        if let Some((os, arch)) = entry.platform {
+            descriptor["platform"] = serde_json::json!({ "architecture": arch, "os": os });
+        }
+        descriptors.push(descriptor);
     }
-    let index = format!(
-        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
-        entries.join(",")
-    )
-    .into_bytes();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": descriptors,
+    }))
+    .context("encoding the index")?;
     let digest = sha256_digest(&index);
     client
         .push_manifest(&tagged, &index, OCI_INDEX, &digest)
