@@ -869,3 +869,49 @@ async fn renew_waits_for_the_operator_and_says_how_it_went() {
         "{annotations}"
     );
 }
+
+#[tokio::test]
+async fn names_and_texts_from_an_image_cannot_drive_the_terminal() {
+    let cluster = require_cluster!();
+    let module = "cli-escape";
+    let s = Scenario::start(cluster, "cli-escape", RegistryKind::Plain, &[module], &[]).await;
+    // OSC 52 would write "evil" to the user's clipboard; CSI would recolour the terminal.
+    let osc52 = "templates/\u{1b}]52;c;ZXZpbA==\u{7}.yaml";
+    let image = ModuleImage::module(module, 900, "x")
+        .file(osc52, "kind: ConfigMap\n")
+        .symlink("templates/link", "\u{1b}[31mred");
+    s.push(module, "v1", &image).await;
+    let repo = format!("{}/{REPO_PATH}", s.registry.host());
+    let image_ref = format!("{module}:v1");
+    let table = mpo(
+        cluster,
+        &["files", "--repo", &repo, "--insecure-http", &image_ref],
+    );
+    let shown = ok(table, "files");
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains(r"templates/\x1b]52;c;ZXZpbA==\x07.yaml"),
+        "{shown}"
+    );
+    assert!(shown.contains(r"\x1b[31mred"), "{shown}");
+    // JSON keeps the real name (its encoder escapes it), for scripts.
+    let json = json_of(
+        mpo(
+            cluster,
+            &[
+                "files",
+                "--repo",
+                &repo,
+                "--insecure-http",
+                &image_ref,
+                "-o",
+                "json",
+            ],
+        ),
+        "files -o json",
+    );
+    assert!(field(&json, "path").iter().any(|p| p == osc52), "{json}");
+}

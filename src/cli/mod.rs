@@ -30,7 +30,10 @@ pub async fn run(cli: Cli) -> ExitCode {
     match dispatch(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("kubectl-mpo: {err}");
+            eprintln!(
+                "kubectl-mpo: {}",
+                output::escape_for_terminal(&err.to_string())
+            );
             ExitCode::from(err.exit_code())
         }
     }

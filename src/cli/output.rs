@@ -29,8 +29,10 @@ impl Table {
         }
     }
 
+    /// Adds a row; control characters in its cells are escaped (see [`escape_for_terminal`]).
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows
+            .push(cells.into_iter().map(|c| escape_for_terminal(&c)).collect());
     }
 
     pub fn render(&self) -> String {
@@ -62,6 +64,31 @@ impl Table {
         }
         out
     }
+}
+
+/// Text from an image or a registry (file names, link targets, `version.json`, error text) made
+/// safe for a terminal: C0 and C1 control characters (ESC starts sequences that retitle the
+/// window or write the clipboard: OSC 52), DEL and the bidirectional overrides that reorder what
+/// is shown ("Trojan Source") are written as `\x1b` or `\u{202e}`; a backslash stays itself.
+/// JSON and YAML output is left alone: their encoders escape, and scripts want the real bytes.
+pub fn escape_for_terminal(text: &str) -> String {
+    if !text.chars().any(is_unsafe_for_terminal) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if !is_unsafe_for_terminal(c) => out.push(c),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    out
+}
+
+fn is_unsafe_for_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Prints `value` in `format`; `table` gives the table view.
@@ -103,6 +130,26 @@ mod tests {
         assert_eq!(
             table.render(),
             "NAME          KIND\nhello-world   module\nx\n"
+        );
+    }
+
+    #[test]
+    fn cells_cannot_drive_the_terminal() {
+        let mut table = Table::new(&["PATH"]);
+        // OSC 52 (write the clipboard), a CSI colour, a newline, DEL, C1 CSI and a bidi override.
+        table.row(vec!["\u{1b}]52;c;ZXZpbA==\u{7}x".into()]);
+        table.row(vec!["a\u{1b}[31mred\nb\u{7f}\u{9b}c\u{202e}fdp.exe".into()]);
+        table.row(vec!["plain/ünïcode ✓ back\\slash\ttab".into()]);
+        let rendered = table.render();
+        assert!(
+            !rendered
+                .chars()
+                .any(|c| c != '\n' && is_unsafe_for_terminal(c)),
+            "{rendered:?}"
+        );
+        assert_eq!(
+            rendered,
+            "PATH\n\\x1b]52;c;ZXZpbA==\\x07x\na\\x1b[31mred\\x0ab\\x7f\\u{9b}c\\u{202e}fdp.exe\nplain/ünïcode ✓ back\\slash\\x09tab\n"
         );
     }
 
