@@ -8,7 +8,8 @@ use std::{path::PathBuf, time::Duration};
 use support::{
     Operator,
     cluster::{Cluster, repo_root, stderr},
-    images::ModuleImage,
+    images::{ModuleImage, large_module},
+    proxy::{Fault, FaultProxy},
     registry::RegistryKind,
     scenario::Scenario,
     tcp_cut::TcpCut,
@@ -498,6 +499,101 @@ async fn a_leader_cut_off_from_the_apiserver_stops_and_the_standby_takes_over() 
         "the new leader's writes after the cut are in the audit log"
     );
     s.operator = second;
+}
+
+/// Faults that overlap: SIGTERM starts a graceful drain of a long download, then the lease is
+/// taken by someone else while the drain goes on. The fence stays armed after SIGTERM: the
+/// draining pass is dropped and the old leader writes nothing more (the audit log says so);
+/// on c16ab6e the drain finished and wrote its status after the lease was gone.
+#[tokio::test]
+async fn a_leader_draining_after_sigterm_is_still_fenced_when_it_loses_the_lease() {
+    let cluster = require_cluster!();
+    let (mut s, lease_name) = leader_scenario(cluster, "drain-fence").await;
+    let proxy = FaultProxy::start(&s.registry);
+    s.route_source_through(proxy.host());
+    let lease = lease_flags(&lease_name);
+    let mut leader = Operator::start(cluster, &s.id, &lease);
+    wait_for("the replica to lead", WAIT, || async {
+        leads(&leader).then_some(())
+    })
+    .await;
+    // 2 MiB at 128 KiB/s: a download of about 16 s, long enough to overlap both faults.
+    let module = format!("{}-slow", s.id.0);
+    s.push(&module, "dev", &large_module(&module, 2 << 20))
+        .await;
+    proxy.fail("/blobs/", Fault::Slow(128 * 1024));
+    s.apply_mpo(&module, "dev", "1h");
+    wait_for("the download to start", WAIT, || async {
+        leader.log().contains("downloading").then_some(())
+    })
+    .await;
+    let agent = format!("({})", replica_identity(&leader));
+    let pid = leader.pid().expect("running").to_string();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    wait_for("the drain to begin", WAIT, || async {
+        leader.log().contains("shutdown requested").then_some(())
+    })
+    .await;
+
+    // Another holder writes itself into the Lease, as a standby does once the lease expires.
+    let renew_time = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    let patch = format!(
+        r#"{{"spec":{{"holderIdentity":"someone-else","renewTime":"{renew_time}","leaseDurationSeconds":15}}}}"#
+    );
+    let taken = chrono::Utc::now();
+    cluster.kubectl_ok(&[
+        "patch",
+        "lease",
+        &lease_name,
+        "-n",
+        "default",
+        "--type",
+        "merge",
+        "-p",
+        &patch,
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while leader.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old leader never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = leader.log();
+    assert!(log.contains("another replica holds the lease now"), "{log}");
+    assert!(
+        !leader.module_dir(&module).join("dev").exists(),
+        "the fenced pass switched nothing in"
+    );
+    // Grace for the renewer to notice (its retry period is 2 s), then nothing at all.
+    let fenced_by = taken + chrono::Duration::seconds(3);
+    let late: Vec<String> = audited_writes()
+        .into_iter()
+        .filter(|w| w.agent.contains(&agent) && w.received > fenced_by)
+        .filter(|w| !w.what.contains("leases/"))
+        .map(|w| w.what)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the old leader wrote after it lost the lease: {late:?}"
+    );
+    assert!(
+        mpo_digest(cluster, &module).is_none(),
+        "no status from the fenced pass"
+    );
+    s.operator = leader;
+}
+
+fn mpo_digest(cluster: &Cluster, module: &str) -> Option<String> {
+    let out = cluster.kubectl_ok(&["get", "mop", module, "-o", "jsonpath={.status.imageDigest}"]);
+    Some(out.trim().to_owned()).filter(|d| !d.is_empty())
 }
 
 /// The identity a test replica uses in the Lease and in its User-Agent: `<hostname>-<pid>`.

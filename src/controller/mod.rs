@@ -226,22 +226,22 @@ async fn beat(metrics: Arc<Metrics>) {
     }
 }
 
+/// Fences and stops the controllers when the lease is lost. Armed for the whole run, graceful
+/// shutdown included: after SIGTERM a leader drains its passes, and if its lease goes meanwhile
+/// (the standby took over) those passes must not write any more. `run` aborts it only once the
+/// controllers have stopped.
 async fn stop_when_lost(
     lost_lease: impl Future<Output = ()>,
     stop: CancellationToken,
     fence: CancellationToken,
     lost: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    tokio::select! {
-        () = lost_lease => {
-            warn!("lost the lease; cancelling in-flight passes and stopping the controllers");
-            lost.store(true, std::sync::atomic::Ordering::Relaxed);
-            // Fence first: passes in flight are dropped (their staging removed) and write nothing.
-            fence.cancel();
-            stop.cancel();
-        }
-        () = stop.cancelled() => {}
-    }
+    lost_lease.await;
+    warn!("lost the lease; cancelling in-flight passes and stopping the controllers");
+    lost.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Fence first: passes in flight are dropped (their staging removed) and write nothing.
+    fence.cancel();
+    stop.cancel();
 }
 
 /// Cancelled on the first SIGTERM or SIGINT.
