@@ -298,3 +298,80 @@ async fn a_status_write_after_the_object_changed_mid_pass_is_refused_and_redone(
         "without a second download"
     );
 }
+
+/// Faults that last: another controller stamps the MPO (a label) every 300 ms, faster than a
+/// download takes, while a forced renew is pending. Every status write of a downloading pass is
+/// refused (409); on c16ab6e each redo, 1 s later, downloaded again, for as long as the stamping
+/// went on. Now the redo backs off and records what the first download put on disk: one
+/// download per renew, and the renew completes while the stamping goes on.
+#[tokio::test]
+async fn a_forced_renew_on_an_object_stamped_faster_than_a_download_downloads_once() {
+    let cluster = require_cluster!();
+    let module = "stamped";
+    let mut s = Scenario::start(cluster, "stamped", RegistryKind::Plain, &[module], &[]).await;
+    let proxy = FaultProxy::start(&s.registry);
+    s.route_source_through(proxy.host());
+    let pushed = s
+        .push(module, "main", &large_module(module, 512 << 10))
+        .await;
+    s.apply_mpo(module, "main", "1h");
+    s.wait_for_digest(module, &pushed, WAIT).await;
+    let before = proxy.count("GET", "/blobs/");
+
+    // About 4 s per download from now on.
+    proxy.fail_method("GET", "/blobs/", Fault::Slow(128 << 10));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stamper = {
+        let stop = stop.clone();
+        let kubectl = cluster.kubectl.clone();
+        let kubeconfig = cluster.kubeconfig.clone();
+        std::thread::spawn(move || {
+            let mut stamps = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                stamps += 1;
+                let _ = std::process::Command::new(&kubectl)
+                    .args([
+                        "label",
+                        "--overwrite",
+                        &format!("mop/{module}"),
+                        &format!("stamp=s{stamps}"),
+                    ])
+                    .env("KUBECONFIG", &kubeconfig)
+                    .output();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            stamps
+        })
+    };
+    cluster.kubectl_ok(&[
+        "annotate",
+        &format!("mop/{module}"),
+        "modules.deckhouse.io/renew=true",
+    ]);
+    wait_for(
+        "the forced renew to complete under the stamping",
+        WAIT,
+        || async {
+            let mpo = s.mpo(module);
+            let annotations = &mpo["metadata"]["annotations"];
+            annotations
+                .get("modules.deckhouse.io/renew")
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let stamps = stamper.join().expect("stamper");
+    let downloads = proxy.count("GET", "/blobs/") - before;
+    let log = s.operator.log();
+    assert!(
+        log.contains("status not written: the object changed since this pass read it"),
+        "the stamping did refuse a write: {log}"
+    );
+    assert_eq!(downloads, 1, "one download for one renew ({stamps} stamps)");
+    assert_eq!(
+        s.status_str(module, "imageDigest").as_deref(),
+        Some(pushed.as_str())
+    );
+}

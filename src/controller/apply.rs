@@ -52,7 +52,8 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
         }
         Decision::Run(reason) => {
             debug!(mpo = %name, ?reason, "pass");
-            schedule::pending_renew(seen.renew, seen.resource_version, last.as_ref())
+            let pending = schedule::pending_renew(seen.renew, seen.resource_version, last.as_ref());
+            schedule::renew_for_pass(pending, last.as_ref())
         }
     };
 
@@ -73,18 +74,25 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
     let written = match publish(&mpo, ctx, &outcome).await? {
         Published::Written(version) => version,
         Published::Unchanged => None,
-        // The renew stays, the check is not recorded: the pass on the newer object redoes it.
-        Published::Conflict => return Ok(Action::requeue(CONFLICT_RETRY)),
+        // The renew stays: the pass on the newer object redoes it, after a backoff that grows
+        // while the refusals go on, and without downloading a forced renew's module again.
+        Published::Conflict => {
+            let check =
+                schedule::after_conflict(Instant::now(), last.as_ref(), &name, fingerprint, renew);
+            let wait = check.due.saturating_duration_since(Instant::now());
+            ctx.record_check(&name, check);
+            return Ok(Action::requeue(wait));
+        }
     };
     let expected_version = written
         .clone()
         .or_else(|| mpo.metadata.resource_version.clone());
-    clear_renew(&mpo, ctx, expected_version).await?;
+    let renew_cleared = clear_renew(&mpo, ctx, expected_version).await?;
     if renew != Renew::None {
         ctx.metrics.renew_handled(&name);
     }
 
-    let check = schedule::after_pass(
+    let mut check = schedule::after_pass(
         Instant::now(),
         pass_result(&outcome),
         interval,
@@ -93,6 +101,10 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
         fingerprint,
         handled_versions(&mpo, renew, written),
     );
+    // The annotation outlived a forced renew that did download: the pass on the newer object
+    // finds it again and must only record, not download once more.
+    check.forced_download_done = !renew_cleared
+        && (renew == Renew::Force || last.as_ref().is_some_and(|l| l.forced_download_done));
     let wait = check.due.saturating_duration_since(Instant::now());
     ctx.record_check(&name, check);
     Ok(Action::requeue(wait))
@@ -312,13 +324,15 @@ fn announce(mpo: &ModulePullOverride, ctx: &Context, outcome: &Outcome) {
 /// SPEC §3.7: the renew annotation is consumed once its pass is handled. The patch is
 /// conditional on the object version this pass saw (or wrote): if the user annotated again
 /// meanwhile, the apiserver refuses it and that new request gets a pass of its own.
+/// Removes the renew annotations the pass handled; `false` when the object changed meanwhile
+/// and the annotation stays (the pass on the newer object sees it again).
 async fn clear_renew(
     mpo: &ModulePullOverride,
     ctx: &Context,
     expected_version: Option<String>,
-) -> Result<(), ControllerError> {
+) -> Result<bool, ControllerError> {
     let Some(mut patch) = triggers::renew_removal_patch(mpo) else {
-        return Ok(());
+        return Ok(true);
     };
     if let Some(version) = expected_version {
         patch["metadata"]["resourceVersion"] = version.into();
@@ -332,10 +346,10 @@ async fn clear_renew(
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(true),
         Err(kube::Error::Api(status)) if status.code == 409 => {
             debug!(mpo = %mpo.name_any(), "the object changed since the pass; keeping its renew");
-            Ok(())
+            Ok(false)
         }
         Err(e) => Err(e.into()),
     }

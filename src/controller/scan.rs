@@ -73,6 +73,8 @@ pub async fn scan_source(
             failed: listed.is_err(),
             failures: 0,
             renew_handled: Vec::new(),
+            conflicts: 0,
+            forced_download_done: false,
         },
     );
     Ok(Action::requeue(wait))

@@ -27,6 +27,13 @@ pub struct LastCheck {
     /// Object versions whose renew annotation was already handled: the watch hands back the
     /// annotated object (and our own status write on it) after the pass consumed the annotation.
     pub renew_handled: Vec<String>,
+    /// Status writes refused in a row because the object changed mid-pass (409). While the
+    /// backoff they earn runs, nothing starts a pass: an object another controller stamps faster
+    /// than a pass takes would otherwise be passed over again and again.
+    pub conflicts: u32,
+    /// The forced renew pending on the object already downloaded its module; only the write of
+    /// that result was refused. The redo records what is on disk instead of downloading again.
+    pub forced_download_done: bool,
 }
 
 /// What the reconciler sees now.
@@ -64,6 +71,9 @@ pub fn decide(now: Instant, last: Option<&LastCheck>, seen: &Seen<'_>) -> Decisi
     let Some(last) = last else {
         return Decision::Run(RunReason::FirstPass);
     };
+    if last.conflicts > 0 && now < last.due {
+        return Decision::Wait(last.due - now);
+    }
     let renew = pending_renew(seen.renew, seen.resource_version, Some(last));
     if renew != Renew::None {
         return Decision::Run(RunReason::Renew(renew));
@@ -89,6 +99,45 @@ pub fn pending_renew(
     let handled = last
         .is_some_and(|l| resource_version.is_some_and(|v| l.renew_handled.iter().any(|h| h == v)));
     if handled { Renew::None } else { requested }
+}
+
+/// The renew a pass acts on: a forced one whose download already happened (its status write was
+/// refused) is only checked and recorded, so a forced renew downloads at most once.
+pub fn renew_for_pass(pending: Renew, last: Option<&LastCheck>) -> Renew {
+    match pending {
+        Renew::Force if last.is_some_and(|l| l.forced_download_done) => Renew::Check,
+        other => other,
+    }
+}
+
+/// The longest wait after status writes refused in a row for a changed object.
+pub const MAX_CONFLICT_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The memory after a pass whose status write was refused (the object changed since the pass
+/// read it): the pass is redone on the newer object after 1 s, then 2 s, 4 s … up to a minute
+/// (plus the object's jitter) while the refusals go on. The renew stays pending; what the pass
+/// did on disk is remembered so that the redo does not download it again.
+pub fn after_conflict(
+    now: Instant,
+    previous: Option<&LastCheck>,
+    name: &str,
+    fingerprint: u64,
+    renew: Renew,
+) -> LastCheck {
+    let conflicts = previous.map_or(0, |c| c.conflicts).saturating_add(1);
+    let base = Duration::from_secs(1u64 << (conflicts - 1).min(16)).min(MAX_CONFLICT_BACKOFF);
+    LastCheck {
+        fingerprint,
+        due: now + jittered(base, name),
+        failed: true,
+        failures: previous.map_or(0, |c| c.failures),
+        renew_handled: previous
+            .map(|c| c.renew_handled.clone())
+            .unwrap_or_default(),
+        conflicts,
+        forced_download_done: renew == Renew::Force
+            || previous.is_some_and(|c| c.forced_download_done),
+    }
 }
 
 /// How a pass ended, as far as scheduling cares.
@@ -128,6 +177,8 @@ pub fn after_pass(
         failed: result != PassResult::InSync,
         failures,
         renew_handled,
+        conflicts: 0,
+        forced_download_done: false,
     }
 }
 
@@ -178,6 +229,8 @@ mod tests {
             failed: false,
             failures: 0,
             renew_handled: vec!["10".into()],
+            conflicts: 0,
+            forced_download_done: false,
         }
     }
 
@@ -367,5 +420,64 @@ mod tests {
         assert!(near(api_backoff(0, "a"), 1));
         assert!(near(api_backoff(3, "a"), 8));
         assert!(near(api_backoff(30, "a"), 300));
+    }
+
+    #[test]
+    fn refused_writes_back_off_and_a_forced_renew_downloads_once() {
+        let now = Instant::now();
+        let secs = Duration::from_secs;
+        let first = after_conflict(now, None, "m", 7, Renew::Force);
+        assert_eq!((first.conflicts, first.forced_download_done), (1, true));
+        assert!(
+            first.due - now >= secs(1) && first.due - now < secs(2),
+            "{:?}",
+            first.due - now
+        );
+        // The newer object arrives with the renew still on it: it waits out the backoff.
+        let newer = Seen {
+            fingerprint: 8,
+            renew: Renew::Force,
+            resource_version: Some("12"),
+            module_on_disk: false,
+        };
+        assert!(matches!(
+            decide(now, Some(&first), &newer),
+            Decision::Wait(_)
+        ));
+        assert_eq!(
+            decide(first.due, Some(&first), &newer),
+            Decision::Run(RunReason::Renew(Renew::Force))
+        );
+        // …and the redo only checks and records.
+        assert_eq!(renew_for_pass(Renew::Force, Some(&first)), Renew::Check);
+        assert_eq!(renew_for_pass(Renew::Force, None), Renew::Force);
+        assert_eq!(renew_for_pass(Renew::Check, Some(&first)), Renew::Check);
+
+        // Refusals in a row double the wait up to a minute; the download stays remembered.
+        let mut check = first;
+        for _ in 0..10 {
+            check = after_conflict(now, Some(&check), "m", 7, Renew::Check);
+        }
+        assert_eq!(check.conflicts, 11);
+        assert!(check.forced_download_done);
+        let wait = check.due - now;
+        assert!(
+            wait >= MAX_CONFLICT_BACKOFF && wait <= MAX_CONFLICT_BACKOFF.mul_f64(1.05),
+            "{wait:?}"
+        );
+        // A pass whose write went through starts over.
+        let settled = after_pass(
+            now,
+            PassResult::InSync,
+            INTERVAL,
+            "m",
+            Some(&check),
+            7,
+            Vec::new(),
+        );
+        assert_eq!(
+            (settled.conflicts, settled.forced_download_done),
+            (0, false)
+        );
     }
 }
