@@ -596,6 +596,48 @@ fn mpo_digest(cluster: &Cluster, module: &str) -> Option<String> {
     Some(out.trim().to_owned()).filter(|d| !d.is_empty())
 }
 
+/// A stalled (not closed) connection to the apiserver: every connection the leader has open
+/// freezes at once, as when the apiserver's node loses power, while new connections go through.
+/// On c16ab6e the replica stayed leader and Ready and did nothing: its watches waited out kube's
+/// 290 s timeout and a write on a stalled pooled connection waited forever. Now every request is
+/// bounded and watches time out within a minute, so a user's renew is acted on.
+#[tokio::test]
+async fn a_stalled_apiserver_connection_is_replaced_and_the_leader_goes_on() {
+    let cluster = require_cluster!();
+    let (mut s, lease_name) = leader_scenario(cluster, "stall").await;
+    let lease = lease_flags(&lease_name);
+    let relay = TcpCut::start(&cluster.kubeconfig);
+    let leader = Operator::start_as(relay.kubeconfig(), &s.id, &lease);
+    wait_for("the replica to lead", WAIT, || async {
+        leads(&leader).then_some(())
+    })
+    .await;
+    let (module, _) = s.ready_module("1h").await;
+
+    relay.stall();
+    let stalled_at = std::time::Instant::now();
+    let next = s
+        .push(
+            &module,
+            "dev",
+            &ModuleImage::module(&module, 900, "after the stall"),
+        )
+        .await;
+    cluster.kubectl_ok(&["annotate", &format!("mop/{module}"), "renew="]);
+    s.wait_for_digest(&module, &next, Duration::from_secs(120))
+        .await;
+    eprintln!(
+        "stalled connections: the renew was acted on after {:?}",
+        stalled_at.elapsed()
+    );
+    assert!(leads(&leader), "still the leader, on new connections");
+    // The scenario's objects are deleted while the leader still reaches the apiserver (through
+    // the relay, which must outlive them): it owns their finalizers.
+    s.operator = leader;
+    drop(s);
+    drop(relay);
+}
+
 /// The identity a test replica uses in the Lease and in its User-Agent: `<hostname>-<pid>`.
 fn replica_identity(operator: &Operator) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");

@@ -61,9 +61,23 @@ pub enum StartError {
     LostLeadership,
 }
 
-/// A client as `Client::try_default` builds it, whose requests name the replica that sent them
-/// (User-Agent `mpo-operator/<version> (<identity>)`): the apiserver's audit log and request
-/// metrics can then tell an old leader's writes from the new one's.
+/// How long any apiserver request may take to answer (its response headers; a watch's events
+/// are bounded by [`WATCH_TIMEOUT_SECS`] instead). A request sent on a connection that stalled
+/// (half-open: the apiserver's node lost power, a middlebox dropped it) would otherwise wait
+/// forever, and every worker with it, while the lease loop's own bounded calls reconnect and
+/// keep the replica leader. Dropping the timed-out request drops its connection too.
+pub const API_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The server-side timeout of each watch request: the watcher then notices a watch that went
+/// silent (a stalled connection) within this plus 5 s, and watches again on a new connection.
+/// kube's default, 290 s, left a stalled replica deaf for five minutes.
+pub const WATCH_TIMEOUT_SECS: u32 = 60;
+
+/// A client for the inferred config whose requests name the replica that sent them (User-Agent
+/// `mpo-operator/<version> (<identity>)`: the apiserver's audit log and request metrics can then
+/// tell an old leader's writes from the new one's), each bounded by [`API_CALL_TIMEOUT`]. kube's
+/// own retry of 429/503/504 is off: a failed write is retried by the pass's backoff, per object
+/// and with jitter, not inside the call where it would hold a worker.
 async fn kube_client(identity: &str) -> Result<Client, StartError> {
     let mut config = kube::Config::infer().await?;
     let agent = format!("mpo-operator/{} ({identity})", env!("CARGO_PKG_VERSION"));
@@ -71,7 +85,11 @@ async fn kube_client(identity: &str) -> Result<Client, StartError> {
     if let Ok(value) = reqwest::header::HeaderValue::from_str(&agent) {
         config.headers.push((reqwest::header::USER_AGENT, value));
     }
-    Client::try_from(config).map_err(StartError::Client)
+    config.default_retry = false;
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(StartError::Client)?;
+    Ok(builder
+        .with_layer(&tower::timeout::TimeoutLayer::new(API_CALL_TIMEOUT))
+        .build())
 }
 
 /// Runs until SIGTERM/SIGINT (exit 0, after in-flight passes finished and the lease was
@@ -156,9 +174,8 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
             }
             _ => {}
         }
-    })
-    .applied_objects();
-    let mpo_controller = Controller::for_stream(mpo_events, mpos.clone());
+    });
+    let mpo_controller = Controller::for_stream(applied_once_stored(mpo_events), mpos.clone());
     let (wake, woken) = mpsc::unbounded_channel();
     let scan_events = source_watch.subscribe().filter(|_| scan);
     let watch = tokio::spawn(source_watch.run(
@@ -242,6 +259,35 @@ async fn stop_when_lost(
     // Fence first: passes in flight are dropped (their staging removed) and write nothing.
     fence.cancel();
     stop.cancel();
+}
+
+/// The objects to pass over, as kube's `applied_objects` gives them, except that those of a
+/// (re)list come only at its `InitDone`, once the store holds the new state: woken at
+/// `InitApply`, after a watch 410 say, a pass would read the old object from the store, find
+/// nothing changed and wait a whole interval.
+fn applied_once_stored<K, E>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, E>>,
+) -> impl futures::Stream<Item = Result<K, E>> {
+    let mut listed = Vec::new();
+    events.flat_map(move |event| {
+        let ready: Vec<Result<K, E>> = match event {
+            Ok(watcher::Event::Apply(object)) => vec![Ok(object)],
+            Ok(watcher::Event::Init) => {
+                listed.clear();
+                Vec::new()
+            }
+            Ok(watcher::Event::InitApply(object)) => {
+                listed.push(object);
+                Vec::new()
+            }
+            Ok(watcher::Event::InitDone) => {
+                std::mem::take(&mut listed).into_iter().map(Ok).collect()
+            }
+            Ok(watcher::Event::Delete(_)) => Vec::new(),
+            Err(err) => vec![Err(err)],
+        };
+        futures::stream::iter(ready)
+    })
 }
 
 /// Cancelled on the first SIGTERM or SIGINT.
@@ -341,11 +387,12 @@ async fn scan_controller(
 }
 
 fn watch_config(ctx: &Context) -> watcher::Config {
+    let config = watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
     let selector = ctx.settings.watch_selector.trim();
     if selector.is_empty() {
-        watcher::Config::default()
+        config
     } else {
-        watcher::Config::default().labels(selector)
+        config.labels(selector)
     }
 }
 
@@ -356,5 +403,43 @@ fn log_controller_error<E: std::error::Error, Q: std::error::Error>(err: &contro
         // A queued object that was deleted meanwhile: nothing to do.
         controller::Error::ObjectNotFound(object) => debug!(%object, "object gone before its pass"),
         other => warn!("controller: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_relist_wakes_its_objects_only_once_the_store_holds_them() {
+        use watcher::Event::*;
+        let events: Vec<Result<watcher::Event<&str>, ()>> = vec![
+            Ok(Init),
+            Ok(InitApply("a")),
+            Ok(InitApply("b")),
+            Ok(InitDone),
+            Ok(Apply("a")),
+            Err(()),
+            Ok(Delete("b")),
+            // A relist after a 410: nothing before its end.
+            Ok(Init),
+            Ok(InitApply("c")),
+            Ok(InitDone),
+            // A relist cut short by an error, then done again: only the finished one counts.
+            Ok(Init),
+            Ok(InitApply("stale")),
+            Ok(Init),
+            Ok(InitApply("d")),
+            Ok(InitDone),
+        ];
+        let woken: Vec<Result<&str, ()>> = applied_once_stored(futures::stream::iter(events))
+            .collect()
+            .await;
+        assert_eq!(
+            woken,
+            vec![Ok("a"), Ok("b"), Ok("a"), Err(()), Ok("c"), Ok("d")]
+        );
     }
 }

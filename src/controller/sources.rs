@@ -59,22 +59,46 @@ impl SourceWatch {
     ) {
         let api = Api::<ModuleSource>::all(client);
         let mut views: HashMap<String, SourceView> = HashMap::new();
+        // The views of a (re)list in progress: the store still holds the old state until
+        // `InitDone`, so a pass woken before then would read the old source and then wait a
+        // whole interval.
+        let mut relisted: Option<HashMap<String, SourceView>> = None;
         let events = watcher(api, config)
             .default_backoff()
             .reflect_shared(self.writer);
         let mut events = std::pin::pin!(events.into_stream());
         while let Some(event) = events.next().await {
             match event {
-                Ok(watcher::Event::Apply(source) | watcher::Event::InitApply(source)) => {
+                Ok(watcher::Event::Init) => relisted = Some(HashMap::new()),
+                Ok(watcher::Event::InitApply(source)) => {
+                    let view = SourceView::of(&source);
+                    relisted
+                        .get_or_insert_with(HashMap::new)
+                        .insert(source.name_any(), view);
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let fresh = relisted.take().unwrap_or_default();
+                    for (name, old, new) in relist_changes(&views, &fresh) {
+                        on_change(&name, old, new, &mpos, &flags, &wake);
+                    }
+                    views = fresh;
+                }
+                Ok(watcher::Event::Apply(source)) => {
                     let view = SourceView::of(&source);
                     let old = views.insert(source.name_any(), view.clone());
-                    on_change(&source, old.as_ref(), Some(&view), &mpos, &flags, &wake);
+                    on_change(
+                        &source.name_any(),
+                        old.as_ref(),
+                        Some(&view),
+                        &mpos,
+                        &flags,
+                        &wake,
+                    );
                 }
                 Ok(watcher::Event::Delete(source)) => {
                     let old = views.remove(&source.name_any());
-                    on_change(&source, old.as_ref(), None, &mpos, &flags, &wake);
+                    on_change(&source.name_any(), old.as_ref(), None, &mpos, &flags, &wake);
                 }
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
                 Err(e) => warn!("ModuleSource watch: {e}"),
             }
         }
@@ -87,8 +111,28 @@ impl Default for SourceWatch {
     }
 }
 
+/// What a finished (re)list changed, source by source: every source in it against the view
+/// before (new, changed or unchanged), and every source the views held that the list no longer
+/// has (deleted while the watch was down: no `Delete` event ever comes for it).
+fn relist_changes<'a>(
+    views: &'a HashMap<String, SourceView>,
+    fresh: &'a HashMap<String, SourceView>,
+) -> Vec<(String, Option<&'a SourceView>, Option<&'a SourceView>)> {
+    let listed = fresh
+        .iter()
+        .map(|(name, view)| (name.clone(), views.get(name), Some(view)));
+    let gone = views
+        .iter()
+        .filter(|(name, _)| !fresh.contains_key(*name))
+        .map(|(name, view)| (name.clone(), Some(view), None));
+    listed
+        .chain(gone)
+        .filter(|(_, old, new)| old != new)
+        .collect()
+}
+
 fn on_change(
-    source: &ModuleSource,
+    name: &str,
     old: Option<&SourceView>,
     new: Option<&SourceView>,
     mpos: &Store<ModulePullOverride>,
@@ -98,8 +142,7 @@ fn on_change(
     if old == new {
         return;
     }
-    let name = source.name_any();
-    flags.source_changed(&name);
+    flags.source_changed(name);
     let all = mpos.state();
     let on_source = all
         .iter()
@@ -110,5 +153,50 @@ fn on_change(
     for mpo in woken {
         // The controller may be stopping; then nothing needs waking.
         let _ = wake.send(ObjectRef::new(mpo));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::crd::test_source_listing;
+
+    fn view(modules: &[&str]) -> SourceView {
+        SourceView::of(&test_source_listing(
+            "s",
+            Some(modules.len() as i64),
+            modules,
+        ))
+    }
+
+    #[test]
+    fn a_relist_reports_new_changed_and_vanished_sources_and_nothing_else() {
+        let views: HashMap<String, SourceView> = [
+            ("same".to_owned(), view(&["a"])),
+            ("changed".to_owned(), view(&["a"])),
+            ("deleted-in-the-gap".to_owned(), view(&["a"])),
+        ]
+        .into();
+        let fresh: HashMap<String, SourceView> = [
+            ("same".to_owned(), view(&["a"])),
+            ("changed".to_owned(), view(&["a", "b"])),
+            ("created-in-the-gap".to_owned(), view(&["c"])),
+        ]
+        .into();
+        let mut changes: Vec<(String, bool, bool)> = relist_changes(&views, &fresh)
+            .into_iter()
+            .map(|(name, old, new)| (name, old.is_some(), new.is_some()))
+            .collect();
+        changes.sort();
+        assert_eq!(
+            changes,
+            vec![
+                ("changed".to_owned(), true, true),
+                ("created-in-the-gap".to_owned(), false, true),
+                ("deleted-in-the-gap".to_owned(), true, false),
+            ]
+        );
+        assert!(relist_changes(&views, &views).is_empty());
     }
 }

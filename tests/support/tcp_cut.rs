@@ -1,7 +1,10 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 //! A plain TCP relay on loopback in front of the apiserver, for one operator replica: the test
 //! [cuts](TcpCut::cut) it to partition that replica from the apiserver (open connections are
-//! closed, new ones refused), as a node losing its network would. TLS passes through untouched
+//! closed, new ones refused), as a node losing its network would; or [stalls](TcpCut::stall)
+//! the connections open at that moment (they stay open, nothing more passes either way, as
+//! with a half-open connection to an apiserver whose node lost power) while new connections
+//! go through. TLS passes through untouched
 //! (the apiserver's certificate is valid for 127.0.0.1 on any port).
 
 use std::{
@@ -18,6 +21,8 @@ use tokio::{net::TcpStream, sync::watch};
 pub struct TcpCut {
     port: u16,
     cut: watch::Sender<bool>,
+    /// Bumped by each [`TcpCut::stall`]; a connection accepted before stalls at the bump.
+    stalls: watch::Sender<u64>,
     cut_flag: Arc<AtomicBool>,
     kubeconfig: PathBuf,
     _dir: tempfile::TempDir,
@@ -37,6 +42,7 @@ impl TcpCut {
         listener.set_nonblocking(true).expect("non-blocking");
         let port = listener.local_addr().expect("relay address").port();
         let (cut, cut_rx) = watch::channel(false);
+        let (stalls, stalls_rx) = watch::channel(0u64);
         let cut_flag = Arc::new(AtomicBool::new(false));
         let flag = cut_flag.clone();
         let target = upstream.clone();
@@ -47,7 +53,7 @@ impl TcpCut {
                     .enable_all()
                     .build()
                     .expect("relay runtime");
-                runtime.block_on(relay(listener, target, cut_rx, flag));
+                runtime.block_on(relay(listener, target, cut_rx, stalls_rx, flag));
             })
             .expect("relay thread");
         let dir = tempfile::tempdir().expect("temp dir");
@@ -60,6 +66,7 @@ impl TcpCut {
         Self {
             port,
             cut,
+            stalls,
             cut_flag,
             kubeconfig: copy,
             _dir: dir,
@@ -69,6 +76,12 @@ impl TcpCut {
     /// The kubeconfig that reaches the apiserver through this relay.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// Freezes every connection open now: no byte passes on them any more, neither is closed.
+    /// Connections made afterwards are relayed as usual.
+    pub fn stall(&self) {
+        self.stalls.send_modify(|generation| *generation += 1);
     }
 
     /// Closes every relayed connection and refuses new ones.
@@ -82,6 +95,7 @@ async fn relay(
     listener: std::net::TcpListener,
     upstream: String,
     cut: watch::Receiver<bool>,
+    stalls: watch::Receiver<u64>,
     cut_flag: Arc<AtomicBool>,
 ) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
@@ -97,15 +111,23 @@ async fn relay(
         }
         let upstream = upstream.clone();
         let mut cut = cut.clone();
+        let mut stalls = stalls.clone();
+        let born = *stalls.borrow_and_update();
         tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(&upstream).await else {
                 return;
             };
             let (mut client, mut server) = (client, server);
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                _ = cut.wait_for(|cut| *cut) => {}
+            let stalled = tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                _ = cut.wait_for(|cut| *cut) => false,
+                _ = stalls.wait_for(|generation| *generation > born) => true,
+            };
+            if stalled {
+                // Both ends stay open and silent until the relay is cut.
+                let _ = cut.wait_for(|cut| *cut).await;
             }
+            drop((client, server));
         });
     }
 }
