@@ -273,7 +273,32 @@ async fn check_every_registry_command(
     let same = run(via.args("files", &[&by_digest, "-o", "json"]));
     assert_eq!(same, files, "MODULE@digest is the same image");
 
-    let diff = run(via.args("diff", &[module, "v1.23.1", "v1.23.2", "-o", "json"]));
+    // diff(1)'s exit codes: 1 when the images differ, 0 when not (or with --exit-zero), 2 when
+    // it cannot compare.
+    let differing = mpo(
+        cluster,
+        &via.args("diff", &[module, "v1.23.1", "v1.23.2", "-o", "json"]),
+    );
+    printed.push_str(&text(&differing.stderr));
+    assert_eq!(
+        differing.status.code(),
+        Some(1),
+        "diff of differing tags: {}",
+        text(&differing.stderr)
+    );
+    let diff: Value = serde_json::from_slice(&differing.stdout).expect("diff JSON");
+    let same = mpo(cluster, &via.args("diff", &[module, "v1.23.1", "v1.23.1"]));
+    assert_eq!(same.status.code(), Some(0), "diff of one tag with itself");
+    let opted_out = mpo(
+        cluster,
+        &via.args("diff", &[module, "v1.23.1", "v1.23.2", "--exit-zero"]),
+    );
+    assert_eq!(opted_out.status.code(), Some(0), "--exit-zero");
+    let trouble = mpo(
+        cluster,
+        &via.args("diff", &[module, "v1.23.1", "no-such-tag"]),
+    );
+    assert_eq!(trouble.status.code(), Some(2), "{}", text(&trouble.stderr));
     let changes: Vec<(&str, &str)> = diff
         .as_array()
         .expect("list")
@@ -914,4 +939,95 @@ async fn names_and_texts_from_an_image_cannot_drive_the_terminal() {
         "files -o json",
     );
     assert!(field(&json, "path").iter().any(|p| p == osc52), "{json}");
+}
+
+#[tokio::test]
+async fn tags_lists_an_unreadable_tag_as_a_row_with_its_error() {
+    let cluster = require_cluster!();
+    let module = "cli-broken-tag";
+    let s = Scenario::start(
+        cluster,
+        "cli-broken-tag",
+        RegistryKind::Plain,
+        &[module],
+        &[],
+    )
+    .await;
+    let good = s
+        .push(module, "good", &ModuleImage::module(module, 900, "good"))
+        .await;
+    let broken = ModuleImage::module(module, 900, "broken")
+        .build()
+        .expect("build");
+    support::images::push_built(
+        &s.registry,
+        &format!("{REPO_PATH}/{module}"),
+        "broken",
+        &broken,
+    )
+    .await
+    .expect("push");
+    // The config blob is gone from the registry's storage: that tag cannot be read.
+    support::crafted::delete_blob(&s.registry, &broken.config.digest);
+    let repo = format!("{}/{REPO_PATH}", s.registry.host());
+    let out = mpo(
+        cluster,
+        &["tags", "--repo", &repo, "--insecure-http", module],
+    );
+    let table = ok(out, "tags with one unreadable tag");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].ends_with("ERROR"), "{table}");
+    let broken_row = lines
+        .iter()
+        .find(|l| l.starts_with("broken"))
+        .expect("a row for it");
+    assert!(broken_row.contains("blob unknown"), "{table}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("good") && l.contains(&good)),
+        "the readable tag is listed: {table}"
+    );
+    let json = json_of(
+        mpo(
+            cluster,
+            &[
+                "tags",
+                "--repo",
+                &repo,
+                "--insecure-http",
+                module,
+                "-o",
+                "json",
+            ],
+        ),
+        "tags -o json",
+    );
+    assert!(
+        json.as_array()
+            .expect("list")
+            .iter()
+            .any(|r| r["tag"] == "broken" && r["error"].is_string()),
+        "{json}"
+    );
+
+    // Every tag unreadable: the command fails.
+    support::crafted::delete_blob(
+        &s.registry,
+        &ModuleImage::module(module, 900, "good")
+            .build()
+            .expect("build")
+            .config
+            .digest,
+    );
+    let out = mpo(
+        cluster,
+        &["tags", "--repo", &repo, "--insecure-http", module],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("none of the 2 tags"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -50,8 +50,9 @@ pub enum Command {
     Images(Operands),
     /// Downloads a module image and unpacks it, with the operator's limits and checks.
     Pull(PullArgs),
-    /// Files added, removed and changed between two tags of a module.
-    Diff(Operands),
+    /// Files added, removed and changed between two tags of a module. Exits 1 when they differ
+    /// (as diff(1) and `kubectl diff` do), 2 or more when it cannot compare.
+    Diff(DiffArgs),
     /// Asks the operator to check a ModulePullOverride now, and optionally waits for the result.
     Renew(RenewArgs),
     /// ModulePullOverrides with tag, digest, age, Ready, message and the source's flag.
@@ -94,6 +95,15 @@ pub struct TagsArgs {
     /// Only list the tags, without reading each image's config to tell its kind.
     #[arg(long)]
     pub no_kind: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub operands: Operands,
+    /// Exit 0 even when the images differ (for scripts that only want the listing).
+    #[arg(long)]
+    pub exit_zero: bool,
 }
 
 #[derive(Debug, Args)]
@@ -169,7 +179,8 @@ mod tests {
 
     fn operands(cli: Cli) -> Operands {
         match cli.command {
-            Command::Channel(o) | Command::Files(o) | Command::Diff(o) => o,
+            Command::Channel(o) | Command::Files(o) => o,
+            Command::Diff(d) => d.operands,
             Command::Tags(t) => t.operands,
             other => panic!("unexpected {other:?}"),
         }

@@ -74,6 +74,9 @@ pub enum CliError {
     Timeout { mpo: String, waited: Duration },
     #[error("a worker task stopped: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// `diff` found differences (and printed them): exit code 1, nothing more to say.
+    #[error("the images differ")]
+    Differ,
 }
 
 impl CliError {

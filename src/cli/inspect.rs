@@ -7,12 +7,12 @@ use std::{
     sync::Arc,
 };
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::Serialize;
 
 use super::{
     CliError,
-    args::{Global, Operands, PullArgs, TagsArgs},
+    args::{DiffArgs, Global, Operands, PullArgs, TagsArgs},
     diff::{self, Entry},
     output::{self, Table},
     progress::TerminalProgress,
@@ -76,6 +76,10 @@ struct TagRow {
     kind: Option<ImageKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     digest: Option<String>,
+    /// Why this tag could not be resolved or read (a deleted manifest or blob, a registry
+    /// error): the other tags are still listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 pub async fn tags(global: &Global, args: TagsArgs) -> Result<(), CliError> {
@@ -92,27 +96,55 @@ pub async fn tags(global: &Global, args: TagsArgs) -> Result<(), CliError> {
                 tag,
                 kind: None,
                 digest: None,
+                error: None,
             })
             .collect()
     } else {
         futures::stream::iter(tags)
-            .map(|tag| classify(&registry, &image, tag))
+            .map(|tag| classify_or_report(&registry, &image, tag))
             .buffered(CLASSIFY_CONCURRENCY)
-            .try_collect()
-            .await?
+            .collect()
+            .await
     };
+    let failed = rows.iter().filter(|r| r.error.is_some()).count();
     output::print(global.output, &rows, |rows| {
-        let mut table = Table::new(&["TAG", "KIND", "DIGEST"]);
+        let mut headers = vec!["TAG", "KIND", "DIGEST"];
+        if failed > 0 {
+            headers.push("ERROR");
+        }
+        let mut table = Table::new(&headers);
         for row in rows {
             let kind = row.kind.map(|k| format!("{k:?}").to_lowercase());
             table.row(vec![
                 row.tag.clone(),
                 kind.unwrap_or_default(),
                 row.digest.clone().unwrap_or_default(),
+                row.error.clone().unwrap_or_default(),
             ]);
         }
         table
-    })
+    })?;
+    // One unreadable tag is a row; only when every tag failed is the command a failure.
+    if failed > 0 && failed == rows.len() {
+        return Err(CliError::Content(format!(
+            "none of the {failed} tags of {} could be read",
+            image.name()
+        )));
+    }
+    Ok(())
+}
+
+/// [`classify`], a failure reported in the tag's row instead of failing the listing.
+async fn classify_or_report(registry: &Registry, image: &ModuleRef, tag: String) -> TagRow {
+    match classify(registry, image, tag.clone()).await {
+        Ok(row) => row,
+        Err(err) => TagRow {
+            tag,
+            kind: None,
+            digest: None,
+            error: Some(err.to_string()),
+        },
+    }
 }
 
 async fn classify(registry: &Registry, image: &ModuleRef, tag: String) -> Result<TagRow, CliError> {
@@ -121,6 +153,7 @@ async fn classify(registry: &Registry, image: &ModuleRef, tag: String) -> Result
             tag,
             kind: Some(ImageKind::Unknown),
             digest: None,
+            error: None,
         });
     };
     let digest = registry
@@ -140,6 +173,7 @@ async fn classify(registry: &Registry, image: &ModuleRef, tag: String) -> Result
         tag,
         kind: Some(kind),
         digest: Some(digest.to_string()),
+        error: None,
     })
 }
 
@@ -457,7 +491,11 @@ async fn pull_into_store(
     })
 }
 
-pub async fn diff(global: &Global, args: Operands) -> Result<(), CliError> {
+pub async fn diff(global: &Global, args: DiffArgs) -> Result<(), CliError> {
+    let DiffArgs {
+        operands: args,
+        exit_zero,
+    } = args;
     let (source, rest) = args.split(&["MODULE", "TAG_A", "TAG_B"], 0)?;
     let registry = source::registry(global, source.as_deref(), &args.repo).await?;
     let work = WorkDir::temporary()?;
@@ -476,7 +514,12 @@ pub async fn diff(global: &Global, args: Operands) -> Result<(), CliError> {
             table.row(vec![kind, c.path.clone(), c.detail.clone()]);
         }
         table
-    })
+    })?;
+    if changes.is_empty() || exit_zero {
+        Ok(())
+    } else {
+        Err(CliError::Differ)
+    }
 }
 
 fn module_ref(

@@ -27,14 +27,22 @@ pub use error::CliError;
 
 /// Runs one command; prints its result on stdout, or one line on stderr and a non-zero code.
 pub async fn run(cli: Cli) -> ExitCode {
+    // `diff` exits as diff(1) and `kubectl diff` do: 1 when the images differ, above 1 when it
+    // could not tell.
+    let is_diff = matches!(cli.command, Command::Diff(_));
     match dispatch(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Differ) => ExitCode::from(1),
         Err(err) => {
             eprintln!(
                 "kubectl-mpo: {}",
                 output::escape_for_terminal(&err.to_string())
             );
-            ExitCode::from(err.exit_code())
+            ExitCode::from(if is_diff {
+                err.exit_code().max(2)
+            } else {
+                err.exit_code()
+            })
         }
     }
 }
