@@ -8,9 +8,11 @@ mod support;
 use std::time::Duration;
 
 use base64::Engine as _;
+use mpo_operator::registry::{ModuleRef, Registry, RegistryConfig, RepoName, Transport};
 use support::{
-    images::ModuleImage,
-    registry::{LoggedRequest, RegistryKind},
+    images::{ModuleImage, push},
+    proxy::{Fault, FaultProxy},
+    registry::{LoggedRequest, RegistryKind, TestRegistry},
     scenario::{REPO_PATH, Scenario, SourceOptions},
     token_server::{Grant, TokenServer},
     wait_for,
@@ -251,5 +253,222 @@ async fn a_registry_token_is_the_bearer_and_asks_the_token_server_nothing() {
     assert!(
         !s.operator.log().contains(&token),
         "the token is not logged"
+    );
+}
+
+#[tokio::test]
+async fn a_token_server_redirecting_elsewhere_gets_no_credentials_and_a_same_origin_one_is_followed()
+ {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(cluster, "token-redirect", RegistryKind::Token, &[], &[]).await;
+    let refresh = "identity-9f2c-refresh";
+    tokens(&s).set_refresh_token(refresh);
+    let elsewhere_dir = tempfile::tempdir().expect("temp dir");
+    let elsewhere = TokenServer::start(elsewhere_dir.path(), "tester", "other").expect("server");
+    let module = format!("{}-m", s.id.0);
+    let digest = s
+        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
+        .await;
+    tokens(&s).redirect_to(Some(&elsewhere.realm()));
+    s.apply_source(&SourceOptions {
+        docker_cfg: Some(docker_cfg(
+            s.registry.host(),
+            serde_json::json!({ "identitytoken": refresh }),
+        )),
+        with_ca: false,
+    });
+    s.apply_mpo(&module, "dev", "2s");
+
+    let origin = elsewhere.realm().trim_end_matches("/token").to_owned();
+    let mpo = s
+        .wait_for_message(
+            &module,
+            &format!("the token server redirected to {origin}, another origin"),
+            WAIT,
+        )
+        .await;
+    let message = mpo["status"]["message"].as_str().unwrap_or_default();
+    assert!(!message.contains(refresh), "{message}");
+    assert!(
+        elsewhere.requests().is_empty(),
+        "the refresh token went nowhere else: {:?}",
+        elsewhere.requests()
+    );
+
+    // A redirect within the token server's own origin is followed.
+    tokens(&s).redirect_to(Some(&tokens(&s).moved_url()));
+    s.wait_for_digest(&module, &digest, WAIT).await;
+    assert!(
+        tokens(&s)
+            .issued_for(&scope_of(&module))
+            .iter()
+            .any(|r| r.path == "/moved" && r.grant == Grant::RefreshToken(refresh.into())),
+        "the token came from the redirect target: {:?}",
+        tokens(&s).requests()
+    );
+    assert!(elsewhere.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_token_server_failing_near_the_end_of_a_token_s_life_is_bridged_by_the_kept_token() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(cluster, "token-blip", RegistryKind::Token, &[], &[]).await;
+    // Renewal is due at 90 % (27 s); the token is valid until 30 s: three checks in between.
+    tokens(&s).set_lifetime(Duration::from_secs(30));
+    let module = format!("{}-m", s.id.0);
+    let digest = s
+        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
+        .await;
+    s.apply_mpo(&module, "dev", "1s");
+    s.wait_for_digest(&module, &digest, WAIT).await;
+    tokens(&s).fail(503, None);
+    let heads = || {
+        operator_requests(&s)
+            .iter()
+            .filter(|r| r.method == "HEAD" && r.status == 200 && r.uri.contains(&module))
+            .count()
+    };
+
+    let failed_renewals = || {
+        tokens(&s)
+            .requests()
+            .iter()
+            .filter(|r| r.status == 503 && r.scopes.contains(&scope_of(&module)))
+            .count()
+    };
+    wait_for("a failed renewal", WAIT, || async {
+        (failed_renewals() >= 1).then_some(())
+    })
+    .await;
+    let heads_at_first_failure = heads();
+    wait_for("a second failed renewal", WAIT, || async {
+        (failed_renewals() >= 2).then_some(())
+    })
+    .await;
+    assert!(
+        heads() > heads_at_first_failure,
+        "checks went on with the kept token"
+    );
+    assert_eq!(
+        s.mpo(&module)["status"]["message"],
+        "",
+        "no failed pass while the kept token was valid"
+    );
+    assert!(
+        s.operator
+            .log()
+            .contains("renewing the registry token failed; the current token is still valid"),
+        "the failed renewal is logged"
+    );
+
+    // Once it has expired, the failure shows; healing the server heals the override.
+    s.wait_for_message(&module, "token server error (HTTP 503)", WAIT)
+        .await;
+    tokens(&s).heal();
+    wait_for("the message cleared", WAIT, || async {
+        (s.mpo(&module)["status"]["message"] == "").then_some(())
+    })
+    .await;
+}
+
+/// The operator's own client, straight against the token registry (no cluster needed).
+fn direct_client(reg: &TestRegistry) -> (Registry, RepoName) {
+    let repo = RepoName::parse(&format!("{}/deckhouse/modules", reg.host())).expect("repo");
+    let (user, password) = reg.credentials().expect("credentials");
+    let config = RegistryConfig {
+        repo: repo.clone(),
+        transport: Transport::Http,
+        ca_pem: None,
+        credentials: mpo_operator::registry::RegistryCredentials::Basic {
+            username: user.to_owned(),
+            password: password.to_owned(),
+        },
+        connect_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_secs(10),
+        min_download_rate: 64 * 1024,
+    };
+    (Registry::new(&config).expect("client"), repo)
+}
+
+#[tokio::test]
+async fn concurrent_requests_needing_a_token_share_one_token_request() {
+    let reg = TestRegistry::start(RegistryKind::Token).expect("registry");
+    let pushed = push(
+        &reg,
+        "deckhouse/modules/echo",
+        "v1",
+        &ModuleImage::echo_module(910, "a"),
+    )
+    .await
+    .expect("push");
+    let (registry, repo) = direct_client(&reg);
+    let image = ModuleRef::new(repo, "echo", "v1").expect("reference");
+    let resolved = futures::future::join_all((0..8).map(|_| registry.resolve(&image))).await;
+    for digest in resolved {
+        assert_eq!(digest.expect("resolved").to_string(), pushed);
+    }
+    let tokens = reg.token_server().expect("token server");
+    let issued = tokens.issued_for("repository:deckhouse/modules/echo:pull");
+    assert_eq!(
+        issued.len(),
+        1,
+        "eight concurrent first requests, one token: {:?}",
+        tokens.requests()
+    );
+}
+
+#[tokio::test]
+async fn a_bearer_challenge_is_taken_after_a_basic_one_in_any_case_with_each_scope_its_own_parameter()
+ {
+    let reg = TestRegistry::start(RegistryKind::Token).expect("registry");
+    let pushed = push(
+        &reg,
+        "deckhouse/modules/echo",
+        "v1",
+        &ModuleImage::echo_module(910, "a"),
+    )
+    .await
+    .expect("push");
+    let tokens = reg.token_server().expect("token server");
+    let proxy = FaultProxy::start(&reg);
+    let scopes = "repository:deckhouse/modules/echo:pull repository:deckhouse/modules/other:pull";
+    proxy.fail(
+        "/v2/deckhouse/modules/echo/",
+        Fault::ReplaceHeader {
+            name: "www-authenticate".into(),
+            value: format!(
+                r#"Basic realm="Registry Realm", BEARER realm="{}",service="{}",scope="{scopes}""#,
+                tokens.realm(),
+                support::token_server::SERVICE
+            ),
+        },
+    );
+    let repo = RepoName::parse(&format!("{}/deckhouse/modules", proxy.host())).expect("repo");
+    let (user, password) = reg.credentials().expect("credentials");
+    let registry = Registry::new(&RegistryConfig {
+        repo: repo.clone(),
+        transport: Transport::Http,
+        ca_pem: None,
+        credentials: mpo_operator::registry::RegistryCredentials::Basic {
+            username: user.to_owned(),
+            password: password.to_owned(),
+        },
+        connect_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_secs(10),
+        min_download_rate: 64 * 1024,
+    })
+    .expect("client");
+    let image = ModuleRef::new(repo, "echo", "v1").expect("reference");
+    let digest = registry
+        .resolve(&image)
+        .await
+        .expect("resolved via the bearer challenge");
+    assert_eq!(digest.to_string(), pushed);
+    let asked: Vec<_> = tokens.requests();
+    assert!(
+        asked
+            .iter()
+            .any(|r| r.status == 200 && r.scope_params == 2 && r.scopes.len() == 2),
+        "one scope parameter per scope: {asked:?}"
     );
 }

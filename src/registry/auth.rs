@@ -15,7 +15,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -25,6 +25,7 @@ use reqwest::{
     header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE},
 };
 use serde::Deserialize;
+use url::Url;
 
 use super::{RegistryCredentials, RegistryError, error::parse_retry_after, http::read_body};
 
@@ -49,26 +50,41 @@ pub(super) enum Challenge {
 }
 
 impl Challenge {
-    /// The first challenge of a scheme we speak, from all `WWW-Authenticate` headers.
+    /// The challenge to answer from all `WWW-Authenticate` headers (each may hold several
+    /// challenges): Bearer when offered, as Docker does, else Basic.
     pub(super) fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        headers
+        let offered: Vec<Self> = headers
             .get_all(WWW_AUTHENTICATE)
             .iter()
             .filter_map(|value| value.to_str().ok())
-            .find_map(Self::parse)
+            .flat_map(Self::parse_all)
+            .collect();
+        prefer_bearer(offered)
     }
 
-    /// `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.
+    /// The challenge to answer from one header value (see [`Self::from_headers`]).
+    #[cfg(test)]
     pub(super) fn parse(text: &str) -> Option<Self> {
-        let text = text.trim();
-        let (scheme, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+        prefer_bearer(Self::parse_all(text))
+    }
+
+    /// Every challenge of a scheme we speak in one header value, e.g.
+    /// `Basic realm="r", Bearer realm="…",service="…"`; schemes compared case-insensitively.
+    pub(super) fn parse_all(text: &str) -> Vec<Self> {
+        split_challenges(text)
+            .into_iter()
+            .filter_map(|(scheme, params)| Self::from_parts(&scheme, &params))
+            .collect()
+    }
+
+    fn from_parts(scheme: &str, params: &str) -> Option<Self> {
         if scheme.eq_ignore_ascii_case("basic") {
             return Some(Self::Basic);
         }
         if !scheme.eq_ignore_ascii_case("bearer") {
             return None;
         }
-        let params = auth_params(rest);
+        let params = auth_params(params);
         let realm = params.get("realm")?.clone();
         Some(Self::Bearer {
             realm,
@@ -76,6 +92,62 @@ impl Challenge {
             scope: params.get("scope").cloned(),
         })
     }
+}
+
+fn prefer_bearer(offered: Vec<Challenge>) -> Option<Challenge> {
+    let bearer = offered
+        .iter()
+        .position(|c| matches!(c, Challenge::Bearer { .. }));
+    let mut offered = offered;
+    match bearer {
+        Some(at) => Some(offered.swap_remove(at)),
+        None => offered.into_iter().next(),
+    }
+}
+
+/// `Basic realm="a, b", Bearer realm="r",scope="x"` → `[("Basic", "realm=\"a, b\""),
+/// ("Bearer", "realm=\"r\", scope=\"x\"")]`. RFC 9110 §11.6.1: challenges and their parameters
+/// are both comma-separated; an item that starts with a token not followed by `=` opens a new
+/// challenge.
+fn split_challenges(text: &str) -> Vec<(String, String)> {
+    let mut challenges: Vec<(String, String)> = Vec::new();
+    for item in split_outside_quotes(text) {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let (first, rest) = item.split_once(char::is_whitespace).unwrap_or((item, ""));
+        let opens_challenge = !first.contains('=') && !rest.trim_start().starts_with('=');
+        if opens_challenge {
+            challenges.push((first.to_owned(), rest.trim().to_owned()));
+        } else if let Some((_, params)) = challenges.last_mut() {
+            if !params.is_empty() {
+                params.push_str(", ");
+            }
+            params.push_str(item);
+        }
+    }
+    challenges
+}
+
+/// Splits at commas that are not inside a quoted string.
+fn split_outside_quotes(text: &str) -> Vec<&str> {
+    let mut items = Vec::new();
+    let (mut quoted, mut escaped, mut start) = (false, false, 0);
+    for (at, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                items.push(&text[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&text[start..]);
+    items
 }
 
 /// `key="quoted, value", key2=token` → map with lower-case keys.
@@ -123,17 +195,21 @@ fn quoted_string(text: &str) -> (String, &str) {
     (value, "")
 }
 
-/// An `Authorization` the registry accepted or asked for, per repository.
+/// An `Authorization` the registry accepted or asked for, per repository, and one token fetch at
+/// a time per repository: concurrent requests that all need a token share the first one's.
 #[derive(Default)]
 pub(super) struct Authorizations {
     by_repository: Mutex<HashMap<String, Kept>>,
+    fetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Clone)]
 struct Kept {
     header: HeaderValue,
-    /// When a token should be renewed; `None` for basic credentials and registry tokens.
+    /// When a token should be renewed and when it stops being valid; `None` for basic
+    /// credentials and registry tokens.
     renew_at: Option<Instant>,
+    expires_at: Option<Instant>,
     /// The challenge it answered, to renew the token without another 401 first.
     challenge: Challenge,
 }
@@ -144,8 +220,12 @@ pub(super) enum Known {
     /// Nothing known yet: send without, and answer the 401's challenge.
     Nothing,
     Valid(HeaderValue),
-    /// A token due for renewal, and the challenge to renew it with.
-    Renew(Challenge),
+    /// A token due for renewal, the challenge to renew it with, and the token itself while it
+    /// is still valid (used if the renewal fails: a token-server blip must not fail requests).
+    Renew {
+        challenge: Challenge,
+        still_valid: Option<HeaderValue>,
+    },
 }
 
 impl Authorizations {
@@ -154,8 +234,15 @@ impl Authorizations {
         let Some(kept) = self.lock().get(repository).cloned() else {
             return Known::Nothing;
         };
+        let now = Instant::now();
         match kept.renew_at {
-            Some(at) if Instant::now() >= at => Known::Renew(kept.challenge),
+            Some(at) if now >= at => Known::Renew {
+                challenge: kept.challenge,
+                still_valid: kept
+                    .expires_at
+                    .filter(|expires| now < *expires)
+                    .map(|_| kept.header),
+            },
             _ => Known::Valid(kept.header),
         }
     }
@@ -166,15 +253,26 @@ impl Authorizations {
         authorization: Authorization,
         challenge: Challenge,
     ) {
-        let renew_at = authorization
-            .lifetime
-            .map(|life| Instant::now() + life * RENEW_AT_LIFETIME_PERCENT / 100);
+        let now = Instant::now();
         let kept = Kept {
             header: authorization.header,
-            renew_at,
+            renew_at: authorization
+                .lifetime
+                .map(|life| now + life * RENEW_AT_LIFETIME_PERCENT / 100),
+            expires_at: authorization.lifetime.map(|life| now + life),
             challenge,
         };
         self.lock().insert(repository, kept);
+    }
+
+    /// The lock whose holder fetches `repository`'s token; the others wait and reuse it.
+    pub(super) fn fetch_turn(&self, repository: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.fetches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(repository.to_owned())
+            .or_default()
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
@@ -210,17 +308,12 @@ pub(super) async fn authorize(
     if let RegistryCredentials::Bearer(token) = credentials {
         return Ok(Some(permanent(bearer(token)?)));
     }
-    if registry_is_https
-        && !realm.starts_with("https://")
-        && *credentials != RegistryCredentials::Anonymous
-    {
-        return Err(RegistryError::InsecureRealm);
-    }
+    let realm = realm_url(realm, registry_is_https, credentials)?;
     let scope = scope.unwrap_or_else(|| format!("repository:{repository}:pull"));
     let request = TokenRequest {
         realm,
         service,
-        scope: &scope,
+        scopes: scope.split_whitespace().collect(),
     };
     let token = match credentials {
         RegistryCredentials::IdentityToken { username, token } => {
@@ -268,10 +361,31 @@ fn sensitive(value: &str) -> Result<HeaderValue, RegistryError> {
     Ok(header)
 }
 
+/// The realm as a URL; credentials go to an HTTPS realm only when the registry is HTTPS (the
+/// scheme compared as the URL standard folds it: `HTTPS://` is HTTPS).
+fn realm_url(
+    realm: &str,
+    registry_is_https: bool,
+    credentials: &RegistryCredentials,
+) -> Result<Url, RegistryError> {
+    let url =
+        Url::parse(realm).map_err(|_| RegistryError::BadToken("the token realm is not a URL"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if !registry_is_https || *credentials == RegistryCredentials::Anonymous => Ok(url),
+        "http" => Err(RegistryError::InsecureRealm),
+        _ => Err(RegistryError::BadToken(
+            "the token realm is neither HTTP nor HTTPS",
+        )),
+    }
+}
+
 struct TokenRequest<'a> {
-    realm: &'a str,
+    realm: Url,
     service: Option<&'a str>,
-    scope: &'a str,
+    /// The challenge's scopes (space-separated there): repeated `scope` parameters of a GET, one
+    /// space-separated `scope` field of an OAuth2 POST, as the token spec and Docker do.
+    scopes: Vec<&'a str>,
 }
 
 struct Token {
@@ -296,11 +410,11 @@ impl TokenRequest<'_> {
         client: &reqwest::Client,
         basic: Option<HeaderValue>,
     ) -> Result<Token, RegistryError> {
-        let mut query = vec![("scope", self.scope)];
+        let mut query: Vec<(&str, &str)> = self.scopes.iter().map(|s| ("scope", *s)).collect();
         if let Some(service) = self.service {
             query.push(("service", service));
         }
-        let mut request = client.get(self.realm).query(&query);
+        let mut request = client.get(self.realm.clone()).query(&query);
         if let Some(basic) = basic {
             request = request.header(AUTHORIZATION, basic);
         }
@@ -315,17 +429,18 @@ impl TokenRequest<'_> {
         username: Option<&str>,
         refresh_token: &str,
     ) -> Result<Token, RegistryError> {
+        let scope = self.scopes.join(" ");
         let mut form = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token),
             ("client_id", CLIENT_ID),
-            ("scope", self.scope),
+            ("scope", scope.as_str()),
         ];
         if let Some(service) = self.service {
             form.push(("service", service));
         }
         let response = client
-            .post(self.realm)
+            .post(self.realm.clone())
             .form(&form)
             .send()
             .await
@@ -346,6 +461,11 @@ impl TokenRequest<'_> {
 
 async fn token_from(response: reqwest::Response) -> Result<Token, RegistryError> {
     let status = response.status();
+    if status.is_redirection() {
+        // The token client follows only same-origin redirects: anything else would carry the
+        // credentials (a POST body is re-sent on 307/308) to a host nobody configured.
+        return Err(RegistryError::TokenRedirect(redirect_target(&response)));
+    }
     if !status.is_success() {
         let retry_after = response
             .headers()
@@ -373,6 +493,37 @@ async fn token_from(response: reqwest::Response) -> Result<Token, RegistryError>
         .filter(|seconds| *seconds > 0)
         .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
     Ok(Token { token, lifetime })
+}
+
+/// Where a refused redirect pointed, as `scheme://host:port` only: the rest of a URL may carry a
+/// signed query.
+fn redirect_target(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|location| response.url().join(location).ok())
+        .map_or_else(
+            || "an unreadable location".to_owned(),
+            |url| url.origin().ascii_serialization(),
+        )
+}
+
+/// The redirect policy of token requests: the same origin only (scheme, host and port), a few
+/// hops at most.
+pub(super) fn token_redirect_policy() -> reqwest::redirect::Policy {
+    const MAX_HOPS: usize = 5;
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if same_origin && attempt.previous().len() <= MAX_HOPS {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
 }
 
 #[cfg(test)]
@@ -440,10 +591,154 @@ mod tests {
         );
         assert_eq!(
             kept.current("b"),
-            Known::Renew(challenge),
-            "due for renewal"
+            Known::Renew {
+                challenge,
+                still_valid: None
+            },
+            "due for renewal and expired"
         );
         assert_eq!(kept.current("c"), Known::Nothing);
+    }
+
+    #[test]
+    fn a_token_due_for_renewal_is_still_offered_until_it_expires() {
+        let kept = Authorizations::default();
+        let header = HeaderValue::from_static("Bearer t");
+        let challenge = Challenge::Basic;
+        kept.keep(
+            "a".into(),
+            Authorization {
+                header: header.clone(),
+                lifetime: Some(Duration::from_secs(3600)),
+            },
+            challenge.clone(),
+        );
+        // Pretend 95 % of the lifetime has passed.
+        if let Some(entry) = kept.lock().get_mut("a") {
+            entry.renew_at = Some(Instant::now() - Duration::from_secs(1));
+        }
+        assert_eq!(
+            kept.current("a"),
+            Known::Renew {
+                challenge,
+                still_valid: Some(header)
+            }
+        );
+    }
+
+    /// `WWW-Authenticate` as each registry documents or sends it for an anonymous pull.
+    #[test]
+    fn vendor_challenges_are_read_as_they_are_sent() {
+        let cases = [
+            (
+                "Docker Hub",
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#,
+                "https://auth.docker.io/token",
+                Some("registry.docker.io"),
+            ),
+            (
+                "GHCR",
+                r#"Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:owner/module:pull""#,
+                "https://ghcr.io/token",
+                Some("ghcr.io"),
+            ),
+            (
+                "GitLab",
+                r#"Bearer realm="https://gitlab.com/jwt/auth",service="container_registry",scope="repository:group/project/module:pull""#,
+                "https://gitlab.com/jwt/auth",
+                Some("container_registry"),
+            ),
+            (
+                "Harbor",
+                r#"Bearer realm="https://harbor.example.com/service/token",service="harbor-registry",scope="repository:library/module:pull""#,
+                "https://harbor.example.com/service/token",
+                Some("harbor-registry"),
+            ),
+            (
+                "Quay",
+                r#"Bearer realm="https://quay.io/v2/auth",service="quay.io",scope="repository:org/module:pull""#,
+                "https://quay.io/v2/auth",
+                Some("quay.io"),
+            ),
+        ];
+        for (vendor, header, realm, service) in cases {
+            match Challenge::parse(header) {
+                Some(Challenge::Bearer {
+                    realm: r,
+                    service: s,
+                    scope: Some(_),
+                }) => {
+                    assert_eq!(r, realm, "{vendor}");
+                    assert_eq!(s.as_deref(), service, "{vendor}");
+                }
+                other => panic!("{vendor}: {other:?}"),
+            }
+        }
+        // ECR asks for basic credentials (from `aws ecr get-login-password`).
+        let ecr = r#"Basic realm="https://123456789012.dkr.ecr.eu-west-1.amazonaws.com/",service="ecr.amazonaws.com""#;
+        assert_eq!(Challenge::parse(ecr), Some(Challenge::Basic));
+    }
+
+    #[test]
+    fn bearer_is_preferred_wherever_it_is_offered() {
+        let both =
+            r#"Basic realm="Registry Realm", BEARER realm="https://t.example/token",service="s""#;
+        assert_eq!(
+            Challenge::parse(both),
+            Some(Challenge::Bearer {
+                realm: "https://t.example/token".into(),
+                service: Some("s".into()),
+                scope: None,
+            })
+        );
+        assert_eq!(
+            split_challenges(r#"Basic realm="a, b", Bearer realm="r",scope="x y""#),
+            vec![
+                ("Basic".to_owned(), r#"realm="a, b""#.to_owned()),
+                ("Bearer".to_owned(), r#"realm="r", scope="x y""#.to_owned()),
+            ]
+        );
+        let mut headers = HeaderMap::new();
+        headers.append(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Basic realm="r""#),
+        );
+        headers.append(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer realm="https://t/token""#),
+        );
+        assert!(matches!(
+            Challenge::from_headers(&headers),
+            Some(Challenge::Bearer { .. })
+        ));
+        assert_eq!(
+            Challenge::parse(r#"Negotiate abc==, Basic realm="r""#),
+            Some(Challenge::Basic)
+        );
+    }
+
+    #[test]
+    fn realms_are_urls_and_credentials_go_to_https_ones_only() {
+        let user = RegistryCredentials::Basic {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let anonymous = RegistryCredentials::Anonymous;
+        assert!(realm_url("HTTPS://Auth.Example.com/token", true, &user).is_ok());
+        assert!(matches!(
+            realm_url("http://auth.example.com/token", true, &user),
+            Err(RegistryError::InsecureRealm)
+        ));
+        assert!(realm_url("http://auth.example.com/token", true, &anonymous).is_ok());
+        assert!(realm_url("http://127.0.0.1:5001/token", false, &user).is_ok());
+        assert!(matches!(
+            realm_url("/token", true, &user),
+            Err(RegistryError::BadToken(_))
+        ));
+        assert!(matches!(
+            realm_url("ftp://auth.example.com/token", true, &anonymous),
+            Err(RegistryError::BadToken(_))
+        ));
     }
 
     #[test]

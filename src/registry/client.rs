@@ -1,9 +1,6 @@
 use std::{sync::Arc, time::Duration};
 
-use oci_client::{
-    client::{Certificate, CertificateEncoding},
-    manifest::{self, OciDescriptor, OciImageManifest, OciManifest},
-};
+use oci_client::manifest::{self, OciDescriptor, OciImageManifest, OciManifest};
 use reqwest::Method;
 use tokio::io::AsyncRead;
 use tokio_util::io::StreamReader;
@@ -11,7 +8,7 @@ use tracing::info;
 
 use super::RegistryCredentials;
 use super::{
-    ModuleRef, RegistryError, RepoName, RequestObserver,
+    ModuleRef, RegistryError, RepoName, RequestObserver, auth,
     http::{Http, SharedHttp, content_digest, read_body},
     media, pages,
     platform::choose_platform,
@@ -114,7 +111,12 @@ impl Registry {
     ) -> Result<Self, RegistryError> {
         let certificates = parse_ca(config.ca_pem.as_deref())?;
         let http = Http {
-            client: reqwest_client(config, &certificates)?,
+            client: reqwest_client(
+                config,
+                certificates.clone(),
+                reqwest::redirect::Policy::default(),
+            )?,
+            token_client: reqwest_client(config, certificates, auth::token_redirect_policy())?,
             credentials: config.credentials.clone(),
             scheme: match config.transport {
                 Transport::Http => "http",
@@ -408,15 +410,12 @@ fn platform_manifest(manifest: OciManifest) -> Result<OciImageManifest, Registry
 /// Used for the requests of the MPO path, with the same trust roots and timeouts as oci-client's.
 fn reqwest_client(
     config: &RegistryConfig,
-    certificates: &[Certificate],
+    roots: Vec<reqwest::Certificate>,
+    redirects: reqwest::redirect::Policy,
 ) -> Result<reqwest::Client, RegistryError> {
-    let roots = certificates
-        .iter()
-        .map(reqwest::Certificate::try_from)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| RegistryError::BadCa("the certificate cannot be parsed"))?;
     reqwest::Client::builder()
         .tls_certs_merge(roots)
+        .redirect(redirects)
         .connect_timeout(config.connect_timeout)
         .read_timeout(config.read_timeout)
         .user_agent(USER_AGENT)
@@ -475,43 +474,20 @@ fn to_layer(descriptor: &OciDescriptor) -> Result<Layer, RegistryError> {
     })
 }
 
-/// Splits a PEM bundle into certificates; each is added to the system roots for this source only.
-fn parse_ca(pem: Option<&str>) -> Result<Vec<Certificate>, RegistryError> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
+/// The PEM bundle of `spec.registry.ca`, parsed by reqwest (any number of certificates, text
+/// between them ignored); it must hold at least one.
+fn parse_ca(pem: Option<&str>) -> Result<Vec<reqwest::Certificate>, RegistryError> {
     let Some(pem) = pem.filter(|p| !p.trim().is_empty()) else {
         return Ok(Vec::new());
     };
-    let mut certs = Vec::new();
-    let mut rest = pem;
-    while let Some(start) = rest.find(BEGIN) {
-        let after = &rest[start..];
-        let end = after
-            .find(END)
-            .ok_or_else(|| RegistryError::BadCa("a certificate has no END line"))?;
-        let block = &after[..end + END.len()];
-        validate_pem_body(&block[BEGIN.len()..end])?;
-        certs.push(Certificate {
-            encoding: CertificateEncoding::Pem,
-            data: format!("{block}\n").into_bytes(),
-        });
-        rest = &after[end + END.len()..];
-    }
+    let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+        .map_err(|_| RegistryError::BadCa("a certificate is not valid PEM"))?;
     if certs.is_empty() {
         return Err(RegistryError::BadCa(
             "no PEM certificate (-----BEGIN CERTIFICATE-----) found",
         ));
     }
     Ok(certs)
-}
-
-fn validate_pem_body(body: &str) -> Result<(), RegistryError> {
-    use base64::Engine;
-    let compact: String = body.split_whitespace().collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(compact)
-        .map(|_| ())
-        .map_err(|_| RegistryError::BadCa("a certificate is not valid base64"))
 }
 
 #[cfg(test)]
@@ -525,7 +501,14 @@ mod tests {
             parse_ca(Some("not a cert")),
             Err(RegistryError::BadCa(_))
         ));
-        let two = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----";
+        let two = "# a comment\n-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\ntext\n-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n";
         assert_eq!(parse_ca(Some(two)).expect("two").len(), 2);
+        let torn = "-----BEGIN CERTIFICATE-----\nAAAA\n";
+        assert!(matches!(parse_ca(Some(torn)), Err(RegistryError::BadCa(_))));
+        let not_base64 = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        assert!(matches!(
+            parse_ca(Some(not_base64)),
+            Err(RegistryError::BadCa(_))
+        ));
     }
 }

@@ -71,6 +71,8 @@ pub enum RegistryError {
     BadToken(&'static str),
     #[error("the registry's token realm is plain HTTP; credentials are only sent over HTTPS")]
     InsecureRealm,
+    #[error("the token server redirected to {0}, another origin; credentials are not sent there")]
+    TokenRedirect(String),
     #[error("unsupported layer media type {0:?}")]
     UnsupportedMediaType(String),
     #[error(

@@ -10,6 +10,7 @@ use reqwest::{
     header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue},
 };
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::warn;
 
 use super::{
     ModuleRef, RegistryCredentials, RegistryError, RequestObserver,
@@ -22,6 +23,8 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 
 pub(super) struct Http {
     pub(super) client: reqwest::Client,
+    /// For token requests: follows same-origin redirects only ([`auth::token_redirect_policy`]).
+    pub(super) token_client: reqwest::Client,
     pub(super) credentials: RegistryCredentials,
     pub(super) scheme: &'static str,
     pub(super) request_timeout: Duration,
@@ -119,7 +122,10 @@ impl Http {
             Known::Nothing => None,
             Known::Valid(header) => Some(header),
             // Renewed before it expires, from the challenge it answered: no 401 round trip.
-            Known::Renew(challenge) => self.answer(&challenge, repository).await?,
+            Known::Renew {
+                challenge,
+                still_valid,
+            } => self.renew(&challenge, repository, still_valid).await?,
         };
         let response = self
             .send(method.clone(), url, accept, kept.as_ref())
@@ -130,7 +136,7 @@ impl Http {
         let Some(challenge) = Challenge::from_headers(response.headers()) else {
             return Ok(response);
         };
-        let Some(fresh) = self.answer(&challenge, repository).await? else {
+        let Some(fresh) = self.answer(&challenge, repository, kept.as_ref()).await? else {
             return Ok(response);
         };
         if kept.as_ref() == Some(&fresh) {
@@ -140,15 +146,45 @@ impl Http {
         self.send(method, url, accept, Some(&fresh)).await
     }
 
-    /// Answers `challenge` for `repository` and keeps the result for the next requests.
+    /// Renews a token due for renewal; if the token server fails, the kept token serves while
+    /// it is valid (the next request tries the renewal again).
+    async fn renew(
+        &self,
+        challenge: &Challenge,
+        repository: &str,
+        still_valid: Option<HeaderValue>,
+    ) -> Result<Option<HeaderValue>, RegistryError> {
+        match self.answer(challenge, repository, None).await {
+            Ok(fresh) => Ok(fresh.or(still_valid)),
+            Err(err) => match still_valid {
+                Some(kept) => {
+                    warn!(repository, error = %err, "renewing the registry token failed; the current token is still valid and is used");
+                    Ok(Some(kept))
+                }
+                None => Err(err),
+            },
+        }
+    }
+
+    /// Answers `challenge` for `repository` and keeps the result for the next requests. One
+    /// answer at a time per repository: a request that waited for another's answer uses it
+    /// unless it is `stale`, the `Authorization` the registry just refused.
     async fn answer(
         &self,
         challenge: &Challenge,
         repository: &str,
+        stale: Option<&HeaderValue>,
     ) -> Result<Option<HeaderValue>, RegistryError> {
+        let turn = self.authorizations.fetch_turn(repository);
+        let _turn = turn.lock().await;
+        if let Known::Valid(current) = self.authorizations.current(repository)
+            && Some(&current) != stale
+        {
+            return Ok(Some(current));
+        }
         let https = self.scheme == "https";
         let Some(fresh) = auth::authorize(
-            &self.client,
+            &self.token_client,
             &self.credentials,
             challenge,
             repository,

@@ -56,6 +56,9 @@ pub enum Fault {
     Slow(usize),
     /// Forward, but drop this response header (e.g. `docker-content-digest` from a HEAD).
     DropHeader(String),
+    /// Forward, but replace this response header's value when the response has it (e.g. a
+    /// `WWW-Authenticate` written as another registry writes it).
+    ReplaceHeader { name: String, value: String },
     /// Answer `307 Temporary Redirect` to `<base><path and query>`, as S3/GCS-backed registries
     /// send blobs elsewhere; the registry is not asked.
     RedirectTo(String),
@@ -490,10 +493,28 @@ async fn forward(
         Some(Fault::DropHeader(name)) => Some(name.to_ascii_lowercase()),
         _ => None,
     };
+    let replaced = match fault {
+        Some(Fault::ReplaceHeader { name, value }) => HeaderValue::from_str(value)
+            .ok()
+            .map(|value| (name.to_ascii_lowercase(), value)),
+        _ => None,
+    };
     let mut headers = HeaderMap::new();
+    let mut replaced_once = false;
     for (name, value) in response.headers() {
-        if !hop_by_hop(name) && dropped.as_deref() != Some(name.as_str()) {
-            headers.append(name, value.clone());
+        if hop_by_hop(name) || dropped.as_deref() == Some(name.as_str()) {
+            continue;
+        }
+        match &replaced {
+            Some((target, new)) if target == name.as_str() => {
+                if !replaced_once {
+                    headers.append(name, new.clone());
+                    replaced_once = true;
+                }
+            }
+            _ => {
+                headers.append(name, value.clone());
+            }
         }
     }
     let body = response.bytes_stream().map_err(io::Error::other).boxed();

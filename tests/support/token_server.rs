@@ -55,6 +55,10 @@ pub struct TokenRequest {
     pub method: String,
     pub grant: Grant,
     pub scopes: Vec<String>,
+    /// How many `scope` parameters carried them (a GET repeats the parameter per scope).
+    pub scope_params: usize,
+    /// The path asked for: `/token`, or `/moved` after a redirect.
+    pub path: String,
     pub service: Option<String>,
     pub status: u16,
     pub at: Instant,
@@ -65,6 +69,8 @@ struct Settings {
     fault: Option<(u16, Option<u64>)>,
     oauth: bool,
     refresh_token: Option<String>,
+    /// Answer `/token` with `307` to this URL (the query kept); `/moved` is served as `/token`.
+    redirect: Option<String>,
 }
 
 struct Shared {
@@ -99,6 +105,7 @@ impl TokenServer {
                 fault: None,
                 oauth: true,
                 refresh_token: None,
+                redirect: None,
             }),
             requests: Mutex::default(),
         });
@@ -158,6 +165,17 @@ impl TokenServer {
     /// token, by GET as the basic password of any user.
     pub fn set_refresh_token(&self, token: &str) {
         lock(&self.shared.settings).refresh_token = Some(token.to_owned());
+    }
+
+    /// Answer token requests with `307 Temporary Redirect` to `url` (its query replaced by the
+    /// request's) until `None`; [`Self::moved_url`] is this server's own redirect target.
+    pub fn redirect_to(&self, url: Option<&str>) {
+        lock(&self.shared.settings).redirect = url.map(str::to_owned);
+    }
+
+    /// `http://127.0.0.1:<port>/moved`: served like the realm, a same-origin redirect target.
+    pub fn moved_url(&self) -> String {
+        format!("http://127.0.0.1:{}/moved", self.port)
     }
 
     /// A token for `scopes`, issued directly (for a dockerCfg `registrytoken`).
@@ -248,25 +266,34 @@ async fn answer(
     } else {
         form_pairs(&query)
     };
-    let (status, headers, body, grant) = if path != "/token" {
-        (
+    let redirect = lock(&shared.settings).redirect.clone();
+    let (status, headers, body, grant) = match (path.as_str(), redirect) {
+        ("/token", Some(target)) => (
+            307,
+            vec![(hyper::header::LOCATION, format!("{target}?{query}"))],
+            json!({"error": "moved"}),
+            Grant::Anonymous,
+        ),
+        ("/token" | "/moved", _) => decide(&shared, &method, authorization.as_deref(), &params),
+        _ => (
             404,
             Vec::new(),
             json!({"error": "not found"}),
             Grant::Anonymous,
-        )
-    } else {
-        decide(&shared, &method, authorization.as_deref(), &params)
+        ),
     };
     let scopes: Vec<String> = params
         .iter()
         .filter(|(k, _)| k == "scope")
         .flat_map(|(_, v)| v.split(' ').map(str::to_owned).collect::<Vec<_>>())
         .collect();
+    let scope_params = params.iter().filter(|(k, _)| k == "scope").count();
     lock(&shared.requests).push(TokenRequest {
         method,
         grant,
         scopes,
+        scope_params,
+        path,
         service: params
             .iter()
             .find(|(k, _)| k == "service")
