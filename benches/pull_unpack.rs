@@ -6,8 +6,8 @@
 //! measures, each in a child process of its own so that image generation does not count:
 //! - the operator's own path: `mpo_operator::install::install`, the function the controller
 //!   calls for every download (this binary, re-executed with `__pull`);
-//! - `curl <blob> | tar -xzf -` (no digest check, no fsync);
-//! - `skopeo copy docker://… oci:…` then `tar -xzf` of the layer blob.
+//! - `curl <blob> | tar -xzf -` (`tar --zstd -xf -` for a zstd layer; no digest check, no fsync);
+//! - `skopeo copy docker://… oci:…` then `tar -xzf` (or `--zstd -xf`) of the layer blob.
 //!
 //! Wall time is taken here; peak RSS comes from GNU time (`/usr/bin/time -f %M`). For the
 //! pipeline the two processes' peaks are added (they run at the same time); for skopeo + tar,
@@ -15,8 +15,9 @@
 //!
 //! Run: `cargo bench --bench pull_unpack`. Environment:
 //! - `MPO_BENCH_MODULES`: the modules, comma separated: `text` (about 2 000 text files, ~100 MiB
-//!   unpacked, ~47 MiB gzip: the realistic shape) and sizes in MiB of one-file incompressible
-//!   modules (default `text,100,1024`);
+//!   unpacked, ~47 MiB gzip: the realistic shape), `text-zstd` (the same files in a zstd layer,
+//!   level 3, as `podman push --compression-format zstd` writes it) and sizes in MiB of one-file
+//!   incompressible modules (default `text,text-zstd,100,1024`);
 //! - `MPO_BENCH_RUNS`: runs per tool and size, the median is reported (default 1);
 //! - `MPO_BENCH_DIR`: where images and unpacked trees go (default: the system temp dir);
 //!   needs about 4 × the largest size free.
@@ -55,7 +56,7 @@ use registry::{RegistryKind, TestRegistry};
 const MIB: u64 = 1024 * 1024;
 /// `text` (the realistic module, [`TEXT_FILES`] small text files) first, then the one-file
 /// incompressible modules of 100 MiB and 1 GiB.
-const DEFAULT_SHAPES: &str = "text,100,1024";
+const DEFAULT_SHAPES: &str = "text,text-zstd,100,1024";
 /// The realistic module: this many text files of about [`TEXT_FILE_BYTES`] each in
 /// [`TEXT_DIRS`] directories; about 100 MiB unpacked and 47 MiB gzip, the shape of real modules
 /// (templates, CRDs, docs), where per-entry work and fsync dominate, not bytes.
@@ -163,6 +164,7 @@ fn shapes() -> Result<Vec<Shape>> {
     text.split(',')
         .map(|part| match part.trim() {
             "text" => Ok(Shape::Text),
+            "text-zstd" => Ok(Shape::TextZstd),
             size => {
                 let size: u64 = size
                     .parse()
@@ -219,6 +221,8 @@ enum Shape {
     Blob(u64),
     /// [`TEXT_FILES`] text files, gzip default: the realistic module.
     Text,
+    /// The same files, zstd level 3.
+    TextZstd,
 }
 
 impl Shape {
@@ -226,6 +230,20 @@ impl Shape {
         match self {
             Self::Blob(mib) => format!("mod{mib}m"),
             Self::Text => format!("text{TEXT_FILES}"),
+            Self::TextZstd => format!("text{TEXT_FILES}z"),
+        }
+    }
+
+    fn is_zstd(self) -> bool {
+        self == Self::TextZstd
+    }
+
+    /// How `tar` reads the layer: `-xzf` or `--zstd -xf`.
+    fn tar_extract(self) -> &'static [&'static str] {
+        if self.is_zstd() {
+            &["--zstd", "-xf"]
+        } else {
+            &["-xzf"]
         }
     }
 
@@ -234,6 +252,10 @@ impl Shape {
             Self::Blob(mib) => format!("{mib} MiB, 1 file"),
             Self::Text => format!(
                 "{} MiB, {TEXT_FILES} text files",
+                TEXT_FILES * TEXT_FILE_BYTES / MIB
+            ),
+            Self::TextZstd => format!(
+                "{} MiB, {TEXT_FILES} text files, zstd",
                 TEXT_FILES * TEXT_FILE_BYTES / MIB
             ),
         }
@@ -258,10 +280,11 @@ fn generate_and_push(reg: &TestRegistry, work: &Path, shape: Shape) -> Result<Pu
     let layer_file = work.join(format!("{module}.tar.gz"));
     let layer = match shape {
         Shape::Blob(mib) => write_layer(&layer_file, &module, mib * MIB)?,
-        Shape::Text => write_text_layer(&layer_file, &module)?,
+        Shape::Text => write_text_layer(&layer_file, &module, Codec::Gzip)?,
+        Shape::TextZstd => write_text_layer(&layer_file, &module, Codec::Zstd)?,
     };
     eprintln!(
-        "[bench] {module}: layer of {:.1} MiB gzip ({:.1} MiB unpacked) written in {:.1} s",
+        "[bench] {module}: layer of {:.1} MiB compressed ({:.1} MiB unpacked) written in {:.1} s",
         layer.size as f64 / MIB as f64,
         layer.unpacked_bytes as f64 / MIB as f64,
         started.elapsed().as_secs_f64()
@@ -299,9 +322,10 @@ fn config_and_manifest(layer: &LayerFile) -> (String, String) {
         layer.diff_id
     );
     let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{}","size":{}}}]}}"#,
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"{}","digest":"{}","size":{}}}]}}"#,
         sha256_of(config.as_bytes()),
         config.len(),
+        layer.media_type,
         layer.digest,
         layer.size
     );
@@ -309,7 +333,8 @@ fn config_and_manifest(layer: &LayerFile) -> (String, String) {
 }
 
 struct LayerFile {
-    /// `sha256:…` of the gzip bytes.
+    media_type: &'static str,
+    /// `sha256:…` of the compressed bytes.
     digest: String,
     /// `sha256:…` of the tar bytes (the config's diff_id).
     diff_id: String,
@@ -335,6 +360,7 @@ fn write_layer(path: &Path, module: &str, data_bytes: u64) -> Result<LayerFile> 
     let (mut writer, digest, size) = encoder.finish().context("finishing gzip")?.finish();
     writer.flush().context("writing the layer")?;
     Ok(LayerFile {
+        media_type: GZIP_LAYER,
         digest,
         diff_id,
         size,
@@ -344,11 +370,21 @@ fn write_layer(path: &Path, module: &str, data_bytes: u64) -> Result<LayerFile> 
 
 /// [`TEXT_FILES`] files `files/dir-NN/file-NNNN.yaml` of YAML-like lines (words from a fixed
 /// vocabulary and hex numbers: gzip gets about 2.1:1, as on real templates and CRDs) behind a
-/// `module.yaml`, gzip at the default level, as module authors' CI pushes them.
-fn write_text_layer(path: &Path, module: &str) -> Result<LayerFile> {
+/// `module.yaml`, gzip at the default level, as module authors' CI pushes them (or zstd at its
+/// default level 3).
+fn write_text_layer(path: &Path, module: &str, codec: Codec) -> Result<LayerFile> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let gz_hashed = Hashing::new(BufWriter::new(file));
-    let tar_hashed = Hashing::new(layers::gzip_writer(gz_hashed, Compression::default()));
+    let compressed_hashed = Hashing::new(BufWriter::new(file));
+    let encoder = match codec {
+        Codec::Gzip => Encoder::Gzip(layers::gzip_writer(
+            compressed_hashed,
+            Compression::default(),
+        )),
+        Codec::Zstd => Encoder::Zstd(
+            zstd::stream::Encoder::new(compressed_hashed, 3).context("starting zstd")?,
+        ),
+    };
+    let tar_hashed = Hashing::new(encoder);
     let mut layer = LayerWriter::new(tar_hashed);
     let module_yaml = format!("name: {module}\nweight: 900\n");
     let yaml_len = module_yaml.len() as u64;
@@ -366,14 +402,61 @@ fn write_text_layer(path: &Path, module: &str) -> Result<LayerFile> {
         unpacked += body.len() as u64;
     }
     let (encoder, diff_id, _) = layer.finish().context("finishing the tar")?.finish();
-    let (mut writer, digest, size) = encoder.finish().context("finishing gzip")?.finish();
+    let (mut writer, digest, size) = encoder
+        .finish()
+        .context("finishing the compression")?
+        .finish();
     writer.flush().context("writing the layer")?;
     Ok(LayerFile {
+        media_type: match codec {
+            Codec::Gzip => GZIP_LAYER,
+            Codec::Zstd => ZSTD_LAYER,
+        },
         digest,
         diff_id,
         size,
         unpacked_bytes: unpacked,
     })
+}
+
+const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const ZSTD_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+#[derive(Clone, Copy)]
+enum Codec {
+    Gzip,
+    Zstd,
+}
+
+/// A gzip or zstd stream writer, finished the same way.
+enum Encoder<W: Write> {
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::Encoder<'static, W>),
+}
+
+impl<W: Write> Encoder<W> {
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Self::Gzip(encoder) => encoder.finish(),
+            Self::Zstd(encoder) => encoder.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Gzip(encoder) => encoder.write(buf),
+            Self::Zstd(encoder) => encoder.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Gzip(encoder) => encoder.flush(),
+            Self::Zstd(encoder) => encoder.flush(),
+        }
+    }
 }
 
 /// Deterministic YAML-like text: `word_word: word word word <24 hex digits>` lines.
@@ -599,8 +682,8 @@ impl Tool {
         match self {
             Tool::Operator => "operator (mpo_operator)",
             // No `|`: the table is Markdown.
-            Tool::CurlTar => "curl piped to tar -xzf -",
-            Tool::SkopeoTar => "skopeo copy + tar -xzf",
+            Tool::CurlTar => "curl piped to tar -x (gzip or zstd) -",
+            Tool::SkopeoTar => "skopeo copy + tar -x (gzip or zstd)",
         }
     }
 }
@@ -721,7 +804,7 @@ fn run_curl_tar(reg: &TestRegistry, image: &PushedImage, out: &Path) -> Result<S
         .context("starting curl")?;
     let pipe = curl.stdout.take().context("curl's stdout")?;
     let tar_status = timed(&tar_rss, Path::new("tar"))
-        .arg("-xzf")
+        .args(image.shape.tar_extract())
         .arg("-")
         .arg("-C")
         .arg(out.join("tree"))
@@ -775,7 +858,7 @@ fn run_skopeo_tar(reg: &TestRegistry, image: &PushedImage, out: &Path) -> Result
     let hex = image.layer_digest.trim_start_matches("sha256:");
     let blob = layout.join("blobs/sha256").join(hex);
     let tar_status = timed(&tar_rss, Path::new("tar"))
-        .arg("-xzf")
+        .args(image.shape.tar_extract())
         .arg(&blob)
         .arg("-C")
         .arg(&tree)
