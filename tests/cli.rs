@@ -272,6 +272,10 @@ async fn check_every_registry_command(
     let by_digest = format!("{module}@{v1_digest}");
     let same = run(via.args("files", &[&by_digest, "-o", "json"]));
     assert_eq!(same, files, "MODULE@digest is the same image");
+    // As docker and crane read `name:tag@digest`: the digest wins over the tag beside it.
+    let tag_and_digest = format!("{module}:v1.23.2@{v1_digest}");
+    let pinned = run(via.args("files", &[&tag_and_digest, "-o", "json"]));
+    assert_eq!(pinned, files, "MODULE:TAG@digest is the digest's image");
 
     // diff(1)'s exit codes: 1 when the images differ, 0 when not (or with --exit-zero), 2 when
     // it cannot compare.
@@ -893,6 +897,17 @@ async fn renew_waits_for_the_operator_and_says_how_it_went() {
         annotations.contains("modules.deckhouse.io/renew"),
         "{annotations}"
     );
+
+    // Without --wait: -o prints the object as kubectl annotate -o does; --timeout is a mistake.
+    let annotated = json_of(
+        mpo(cluster, &["renew", orphan, "-o", "json"]),
+        "renew -o json",
+    );
+    assert_eq!(annotated["name"], orphan, "{annotated}");
+    let out = mpo(cluster, &["renew", orphan, "--timeout", "5s"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a usage error: {stderr}");
+    assert!(stderr.contains("--wait"), "{stderr}");
 }
 
 #[tokio::test]
@@ -1030,4 +1045,112 @@ async fn tags_lists_an_unreadable_tag_as_a_row_with_its_error() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// A `docker-credential-<name>` script in `dir` answering `user`/`password` for `host` only (and
+/// "credentials not found" otherwise, as the docker-credential-helpers library does), logging
+/// each server URL it was asked for to `<dir>/<name>.log`.
+fn credential_helper(dir: &Path, name: &str, host: &str, user: &str, password: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let log = dir.join(format!("{name}.log"));
+    let script = format!(
+        "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nIFS= read -r server || true\nprintf '%s\\n' \"$server\" >> '{}'\nif [ \"$server\" = '{host}' ]; then\n  printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{password}\"}}' \"$server\"\nelse\n  echo 'credentials not found in native keychain'; exit 1\nfi\n",
+        log.display()
+    );
+    let path = dir.join(format!("docker-credential-{name}"));
+    std::fs::write(&path, script).expect("helper script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    log
+}
+
+#[tokio::test]
+async fn credentials_come_from_the_docker_credential_helpers_as_docker_desktop_and_clouds_keep_them()
+ {
+    let cluster = require_cluster!();
+    let module = "cli-helper";
+    let s = Scenario::start(
+        cluster,
+        "cli-helper",
+        RegistryKind::Htpasswd,
+        &[module],
+        &[],
+    )
+    .await;
+    let digest = s
+        .push(module, "v1", &ModuleImage::module(module, 900, "v1"))
+        .await;
+    let (user, password) = s.registry.credentials().expect("htpasswd credentials");
+    let work = tempfile::tempdir().expect("temp dir");
+    let bin = work.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    let host = s.registry.host().to_owned();
+    let log = credential_helper(&bin, "mpotest", &host, user, password);
+    let path = PathBuf::from(format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    ));
+    let repo = format!("{host}/{REPO_PATH}");
+    let tags = |docker: &Path, extra: &[&str]| {
+        let mut args = vec!["tags", "--repo", &repo, "--insecure-http", module];
+        args.extend(extra);
+        mpo_with_env(
+            cluster,
+            &args,
+            &[("PATH", &path), ("DOCKER_CONFIG", docker)],
+        )
+    };
+
+    // Docker Desktop's shape: an empty entry and `credsStore`.
+    let desktop = work.path().join("desktop");
+    std::fs::create_dir_all(&desktop).expect("dir");
+    std::fs::write(
+        desktop.join("config.json"),
+        json!({"auths": {&host: {}}, "credsStore": "mpotest"}).to_string(),
+    )
+    .expect("config.json");
+    let table = ok(tags(&desktop, &[]), "tags with credsStore");
+    assert!(table.contains(&digest), "{table}");
+    let asked = std::fs::read_to_string(&log).expect("the helper was run");
+    assert!(
+        asked.lines().all(|l| l == host),
+        "asked with the host: {asked}"
+    );
+
+    // `credHelpers` names a helper per host and wins over `credsStore`; given explicitly too.
+    let per_host = work.path().join("per-host");
+    std::fs::create_dir_all(&per_host).expect("dir");
+    let nothing_log = credential_helper(&bin, "mponothing", "other.example", user, password);
+    let config = per_host.join("config.json");
+    std::fs::write(
+        &config,
+        json!({"credsStore": "mpotest", "credHelpers": {&host: "mponothing"}}).to_string(),
+    )
+    .expect("config.json");
+    let config_arg = config.display().to_string();
+    let out = tags(&per_host, &["--docker-config", &config_arg]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("unauthorized") || stderr.contains("authentication required"),
+        "a helper without credentials means anonymous: {stderr}"
+    );
+    assert!(std::fs::read_to_string(&nothing_log).is_ok_and(|l| l.contains(&host)));
+
+    // A helper that is not installed is named; a name that is a path is refused unrun.
+    for (store, expected) in [
+        ("absent", "docker-credential-absent is not on PATH"),
+        ("../../bin/sh", "not a plain name"),
+    ] {
+        std::fs::write(
+            desktop.join("config.json"),
+            json!({"auths": {&host: {}}, "credsStore": store}).to_string(),
+        )
+        .expect("config.json");
+        let out = tags(&desktop, &[]);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains(password), "{stderr}");
+    }
 }

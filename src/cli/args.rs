@@ -127,8 +127,8 @@ pub struct RenewArgs {
     /// Wait until the operator handled it; print the digest, or the error with exit code 1.
     #[arg(long)]
     pub wait: bool,
-    /// How long --wait waits (exit code 3 when it runs out).
-    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    /// How long --wait waits (exit code 3 when it runs out); only with --wait.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration, requires = "wait")]
     pub timeout: Duration,
 }
 

@@ -36,6 +36,12 @@ pub enum CliError {
         #[source]
         cause: crate::crd::DockerCfgError,
     },
+    #[error("{path}: {cause}")]
+    CredentialHelper {
+        path: PathBuf,
+        #[source]
+        cause: super::credential_helper::HelperError,
+    },
     #[error("cannot read {path}: {cause}")]
     ReadFile {
         path: PathBuf,

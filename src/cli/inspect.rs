@@ -537,12 +537,14 @@ fn module_ref(
     built.map_err(|e| CliError::Usage(e.to_string()))
 }
 
-/// `MODULE:TAG` (resolved now) or `MODULE@sha256:…` (taken as it is).
+/// `MODULE:TAG` (resolved now), `MODULE@sha256:…` or `MODULE:TAG@sha256:…` (the digest taken as
+/// it is, the tag only shown), as docker and crane read references.
 async fn image_at(registry: &Registry, operand: &str) -> Result<(ModuleRef, Digest), CliError> {
     match parse_image_operand(operand)? {
-        (module, Pin::Digest(digest)) => {
-            Ok((module_ref(registry, module, "latest", false)?, digest))
-        }
+        (module, Pin::Digest { digest, tag }) => Ok((
+            module_ref(registry, module, tag.unwrap_or("latest"), false)?,
+            digest,
+        )),
         (module, Pin::Tag(tag)) => {
             let image = module_ref(registry, module, tag, false)?;
             let digest = resolve(registry, &image).await?;
@@ -554,22 +556,38 @@ async fn image_at(registry: &Registry, operand: &str) -> Result<(ModuleRef, Dige
 #[derive(Debug, PartialEq, Eq)]
 enum Pin<'a> {
     Tag(&'a str),
-    Digest(Digest),
+    /// The digest wins; a tag written beside it is kept for display.
+    Digest {
+        digest: Digest,
+        tag: Option<&'a str>,
+    },
 }
 
 fn parse_image_operand(operand: &str) -> Result<(&str, Pin<'_>), CliError> {
-    if let Some((module, digest)) = operand.split_once('@') {
+    if let Some((named, digest)) = operand.split_once('@') {
         let digest = digest
             .parse()
             .map_err(|_| CliError::Usage(format!("{digest:?} is not a sha256:… digest")))?;
-        return Ok((module, Pin::Digest(digest)));
+        let (module, tag) = match named.split_once(':') {
+            Some((module, tag)) if !tag.is_empty() => (module, Some(tag)),
+            Some(_) => return Err(usage_of_image(operand)),
+            None => (named, None),
+        };
+        if module.is_empty() {
+            return Err(usage_of_image(operand));
+        }
+        return Ok((module, Pin::Digest { digest, tag }));
     }
     match operand.split_once(':') {
         Some((module, tag)) if !module.is_empty() && !tag.is_empty() => Ok((module, Pin::Tag(tag))),
-        _ => Err(CliError::Usage(format!(
-            "{operand:?}: name the image as MODULE:TAG or MODULE@sha256:…"
-        ))),
+        _ => Err(usage_of_image(operand)),
     }
+}
+
+fn usage_of_image(operand: &str) -> CliError {
+    CliError::Usage(format!(
+        "{operand:?}: name the image as MODULE:TAG, MODULE@sha256:… or MODULE:TAG@sha256:…"
+    ))
 }
 
 async fn resolve(registry: &Registry, image: &ModuleRef) -> Result<Digest, CliError> {
@@ -727,8 +745,36 @@ mod tests {
         let digest = Digest::of(b"x");
         let operand = format!("echo@{digest}");
         let (module, pin) = parse_image_operand(&operand).expect("digest");
-        assert_eq!((module, pin), ("echo", Pin::Digest(digest)));
-        for bad in ["echo", "echo:", ":v1", "echo@sha256:zz"] {
+        assert_eq!(
+            (module, pin),
+            (
+                "echo",
+                Pin::Digest {
+                    digest: digest.clone(),
+                    tag: None
+                }
+            )
+        );
+        let operand = format!("echo:v1.2@{digest}");
+        let (module, pin) = parse_image_operand(&operand).expect("tag and digest");
+        assert_eq!(
+            (module, pin),
+            (
+                "echo",
+                Pin::Digest {
+                    digest: digest.clone(),
+                    tag: Some("v1.2")
+                }
+            )
+        );
+        let torn = [format!("echo:@{digest}"), format!(":v1@{digest}")];
+        for bad in torn.iter().map(String::as_str).chain([
+            "echo",
+            "echo:",
+            ":v1",
+            "echo@sha256:zz",
+            "echo:v1@sha256:zz",
+        ]) {
             let err = parse_image_operand(bad).expect_err(bad);
             assert_eq!(err.exit_code(), 2, "{bad}: {err}");
         }

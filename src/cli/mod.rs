@@ -12,6 +12,7 @@
 //! cluster as kubectl does. Imports nothing from the controller (tests/layering.rs).
 
 mod args;
+mod credential_helper;
 mod diff;
 mod error;
 mod inspect;

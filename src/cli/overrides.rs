@@ -44,12 +44,19 @@ pub async fn renew(global: &Global, args: RenewArgs) -> Result<(), CliError> {
         (RENEW_ANNOTATION, "")
     };
     let patch = json!({ "metadata": { "annotations": { key: value } } });
-    api.patch(&args.mpo, &PatchParams::default(), &Patch::Merge(&patch))
+    let annotated = api
+        .patch(&args.mpo, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| not_found_as(e, || CliError::MpoNotFound(args.mpo.clone())))?;
     if !args.wait {
-        println!("modulepulloverride/{} annotated", args.mpo);
-        return Ok(());
+        // As `kubectl annotate`: a line for people, the object (as it is now) for -o json|yaml.
+        return match global.output {
+            output::Format::Table => {
+                println!("modulepulloverride/{} annotated", args.mpo);
+                Ok(())
+            }
+            format => output::print(format, &override_row(&annotated, None), |_| Table::new(&[])),
+        };
     }
     // The operator writes the status of the pass first and then removes the annotation, so
     // once it is gone the status is that pass's outcome.

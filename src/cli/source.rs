@@ -8,7 +8,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 
-use super::{CliError, args::Global, args::RepoArgs};
+use super::{CliError, args::Global, args::RepoArgs, credential_helper};
 use crate::{
     crd::{ConnectSettings, DockerCfg, DockerCfgError, ModuleSource},
     registry::{Registry, RegistryConfig, RegistryCredentials, RepoName, Transport},
@@ -29,7 +29,7 @@ pub async fn registry(
     flags: &RepoArgs,
 ) -> Result<Registry, CliError> {
     let config = match (source, &flags.repo) {
-        (_, Some(repo)) => repo_config(repo, flags)?,
+        (_, Some(repo)) => repo_config(repo, flags).await?,
         (Some(name), None) => source_config(global, name).await?,
         (None, None) => {
             return Err(CliError::Usage(
@@ -79,11 +79,11 @@ async fn source_config(global: &Global, name: &str) -> Result<RegistryConfig, Cl
         })
 }
 
-fn repo_config(repo: &str, flags: &RepoArgs) -> Result<RegistryConfig, CliError> {
+async fn repo_config(repo: &str, flags: &RepoArgs) -> Result<RegistryConfig, CliError> {
     let repo = RepoName::parse(repo).map_err(|e| CliError::Repo(Box::new(e)))?;
     let credentials = match &flags.docker_config {
-        Some(path) => credentials_from(path, repo.host())?,
-        None => default_credentials(repo.host())?,
+        Some(path) => credentials_from(path, repo.host()).await?,
+        None => default_credentials(repo.host()).await?,
     };
     let ca_pem = flags.ca.as_deref().map(read_text).transpose()?;
     Ok(RegistryConfig {
@@ -101,26 +101,46 @@ fn repo_config(repo: &str, flags: &RepoArgs) -> Result<RegistryConfig, CliError>
     })
 }
 
-/// An explicit `--docker-config` must have an entry for the host: anonymous access instead
-/// would hide a typo behind a confusing `unauthorized`.
-fn credentials_from(path: &Path, host: &str) -> Result<RegistryCredentials, CliError> {
-    DockerCfg::new(read_text(path)?)
-        .credentials_for(host)
-        .map_err(|cause| CliError::DockerConfig {
+/// An explicit `--docker-config` must have an entry or a credential helper for the host:
+/// anonymous access instead would hide a typo behind a confusing `unauthorized`.
+async fn credentials_from(path: &Path, host: &str) -> Result<RegistryCredentials, CliError> {
+    let config = DockerCfg::new(read_text(path)?);
+    let config_error = |cause| CliError::DockerConfig {
+        path: path.to_owned(),
+        cause,
+    };
+    let Some(helper) = config.credential_helper_for(host).map_err(config_error)? else {
+        return config.credentials_for(host).map_err(config_error);
+    };
+    let server = DockerCfg::helper_server_url(host);
+    let found = credential_helper::get(&helper, &server)
+        .await
+        .map_err(|cause| CliError::CredentialHelper {
             path: path.to_owned(),
             cause,
-        })
+        })?;
+    match found {
+        Some(credentials) => Ok(credentials),
+        // Nothing in the helper: the file's own entry if it has one, else anonymous (docker's
+        // native store does the same; `docker login` with a store leaves `auths` entries empty).
+        None => match config.credentials_for(host) {
+            Err(DockerCfgError::NoEntryForHost { .. } | DockerCfgError::EmptyEntry { .. }) => {
+                Ok(RegistryCredentials::Anonymous)
+            }
+            other => other.map_err(config_error),
+        },
+    }
 }
 
-/// Docker's own config, as `docker pull` and `crane` read it; no entry for the host means
-/// anonymous.
-fn default_credentials(host: &str) -> Result<RegistryCredentials, CliError> {
+/// Docker's own config, as `docker pull` and `crane` read it; no entry for the host (or an
+/// empty one) means anonymous.
+async fn default_credentials(host: &str) -> Result<RegistryCredentials, CliError> {
     let Some(path) = default_docker_config().filter(|p| p.is_file()) else {
         return Ok(RegistryCredentials::Anonymous);
     };
-    match credentials_from(&path, host) {
+    match credentials_from(&path, host).await {
         Err(CliError::DockerConfig {
-            cause: DockerCfgError::NoEntryForHost { .. },
+            cause: DockerCfgError::NoEntryForHost { .. } | DockerCfgError::EmptyEntry { .. },
             ..
         }) => Ok(RegistryCredentials::Anonymous),
         other => other,

@@ -26,10 +26,18 @@ pub enum DockerCfgError {
     BadAuthField { host: String },
     #[error("the dockerCfg entry for {host} has neither username/password, auth nor a token")]
     EmptyEntry { host: String },
+    #[error(
+        "a credential helper name in the docker config is not a plain name (letters, digits, - _ .)"
+    )]
+    BadHelperName,
 }
 
 struct ConfigJson {
     auths: BTreeMap<String, AuthEntry>,
+    /// `credsStore`: the helper for every host without a `credHelpers` entry.
+    creds_store: Option<String>,
+    /// `credHelpers`: host → helper name.
+    cred_helpers: BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -77,6 +85,37 @@ impl DockerCfg {
             None => Err(DockerCfgError::NoEntryForHost {
                 host: host.to_owned(),
             }),
+        }
+    }
+
+    /// The credential helper docker would ask for `host` (`credHelpers[host]`, else
+    /// `credsStore`), as the name after `docker-credential-`. Only the CLI runs helpers: the
+    /// operator never executes anything a dockerCfg names.
+    pub fn credential_helper_for(&self, host: &str) -> Result<Option<String>, DockerCfgError> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let config = self.parse()?;
+        let helper = config
+            .cred_helpers
+            .iter()
+            .find(|(key, _)| auth_key_host(key).eq_ignore_ascii_case(host))
+            .map(|(_, helper)| helper.clone())
+            .or(config.creds_store)
+            .filter(|helper| !helper.is_empty());
+        match helper {
+            Some(name) if !is_helper_name(&name) => Err(DockerCfgError::BadHelperName),
+            other => Ok(other),
+        }
+    }
+
+    /// What docker sends a credential helper for `host`: Docker Hub's legacy index URL, as
+    /// `docker login` stored it, else the host itself.
+    pub fn helper_server_url(host: &str) -> String {
+        if is_docker_hub(host) {
+            "https://index.docker.io/v1/".to_owned()
+        } else {
+            host.to_owned()
         }
     }
 
@@ -135,9 +174,17 @@ fn config_from_value(value: &Value) -> Result<ConfigJson, DockerCfgError> {
     let root = value
         .as_object()
         .ok_or_else(|| shape("the top level", "an object"))?;
+    let creds_store = match root.get("credsStore") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => Some(name.clone()),
+        Some(_) => return Err(shape("\"credsStore\"", "a string")),
+    };
+    let cred_helpers = helpers_from(root.get("credHelpers"))?;
     let Some(auths) = root.get("auths").filter(|a| !a.is_null()) else {
         return Ok(ConfigJson {
             auths: BTreeMap::new(),
+            creds_store,
+            cred_helpers,
         });
     };
     let auths = auths
@@ -166,7 +213,36 @@ fn config_from_value(value: &Value) -> Result<ConfigJson, DockerCfgError> {
         };
         out.insert(host.clone(), parsed);
     }
-    Ok(ConfigJson { auths: out })
+    Ok(ConfigJson {
+        auths: out,
+        creds_store,
+        cred_helpers,
+    })
+}
+
+fn helpers_from(value: Option<&Value>) -> Result<BTreeMap<String, String>, DockerCfgError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(BTreeMap::new());
+    };
+    let helpers = value
+        .as_object()
+        .ok_or_else(|| shape("\"credHelpers\"", "an object"))?;
+    helpers
+        .iter()
+        .map(|(host, helper)| match helper {
+            Value::String(name) => Ok((host.clone(), name.clone())),
+            _ => Err(shape("a \"credHelpers\" entry", "a string")),
+        })
+        .collect()
+}
+
+/// A helper name becomes part of a program name (`docker-credential-<name>`): no path
+/// separators or anything else that could name another program.
+fn is_helper_name(name: &str) -> bool {
+    !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn shape(place: &str, expected: &str) -> DockerCfgError {
@@ -226,6 +302,43 @@ impl JsonSchema for DockerCfg {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_helper_for_a_host_is_its_cred_helper_else_the_store() {
+        let cfg = DockerCfg::new(
+            r#"{"auths":{"ghcr.io":{}},"credsStore":"desktop","credHelpers":{"123.dkr.ecr.eu-west-1.amazonaws.com":"ecr-login","https://gcr.io":"gcloud"}}"#,
+        );
+        let helper = |host| cfg.credential_helper_for(host).expect("parses");
+        assert_eq!(helper("ghcr.io").as_deref(), Some("desktop"));
+        assert_eq!(
+            helper("123.dkr.ecr.eu-west-1.amazonaws.com").as_deref(),
+            Some("ecr-login")
+        );
+        assert_eq!(helper("GCR.io").as_deref(), Some("gcloud"));
+        let plain = DockerCfg::new(r#"{"auths":{"r.example":{"auth":"dTpw"}}}"#);
+        assert_eq!(
+            plain.credential_helper_for("r.example").expect("parses"),
+            None
+        );
+        for bad in [
+            r#"{"credsStore":"../../bin/sh"}"#,
+            r#"{"credsStore":".hidden"}"#,
+        ] {
+            assert!(matches!(
+                DockerCfg::new(bad).credential_helper_for("r.example"),
+                Err(DockerCfgError::BadHelperName)
+            ));
+        }
+        assert!(matches!(
+            DockerCfg::new(r#"{"credHelpers":{"r":1}}"#).credential_helper_for("r"),
+            Err(DockerCfgError::NotJson(_))
+        ));
+        assert_eq!(
+            DockerCfg::helper_server_url("docker.io"),
+            "https://index.docker.io/v1/"
+        );
+        assert_eq!(DockerCfg::helper_server_url("ghcr.io"), "ghcr.io");
+    }
+
     use super::*;
 
     fn cfg(json: &str) -> DockerCfg {
