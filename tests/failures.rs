@@ -203,3 +203,64 @@ async fn an_invalid_module_is_refused_and_the_previous_one_stays() {
     assert_eq!(mpo["status"]["conditions"][0]["reason"], "InvalidModule");
     assert_untouched(&s, &module, &before, "invalid module");
 }
+
+#[tokio::test]
+async fn a_repo_whose_host_would_change_the_urls_is_refused_by_name_and_the_module_kept() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(cluster, "badhost", RegistryKind::Plain, &[], &[]).await;
+    let module = format!("{}-m", s.id.0);
+    let digest = s
+        .push(&module, "dev", &ModuleImage::module(&module, 900, "1"))
+        .await;
+    s.apply_mpo(&module, "dev", "2s");
+    s.wait_for_digest(&module, &digest, WAIT).await;
+    let before = snapshot(&s, &module);
+
+    // `?` in the host would make the rest of every URL a query string.
+    let options = support::scenario::SourceOptions {
+        docker_cfg: None,
+        with_ca: false,
+    };
+    let host = format!("{}?x=1", s.registry.host());
+    cluster.apply_ok(&s.source_yaml_at(&host, &options));
+    let mpo = s
+        .wait_for_message(&module, &format!("invalid repo \"{host}/"), WAIT)
+        .await;
+    let message = mpo["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.ends_with("the port must be a number from 1 to 65535"),
+        "{message}"
+    );
+    assert_untouched(&s, &module, &before, "a host with a query");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-mpo"))
+        .args(["modules", "--repo", &format!("{host}/{REPO_PATH}")])
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .expect("kubectl-mpo runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the port must be a number"), "{stderr}");
+    let spaced = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-mpo"))
+        .args(["modules", "--repo", "r.example#x/m"])
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .expect("kubectl-mpo runs");
+    let stderr = String::from_utf8_lossy(&spaced.stderr);
+    assert!(stderr.contains("the host must be a DNS name"), "{stderr}");
+    // A host alone has no root repository: the module list is refused, not `/v2//tags/list`.
+    let bare = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-mpo"))
+        .args(["modules", "--insecure-http", "--repo", s.registry.host()])
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .expect("kubectl-mpo runs");
+    let stderr = String::from_utf8_lossy(&bare.stderr);
+    assert_eq!(bare.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("it names only a host"), "{stderr}");
+
+    s.apply_source(&options);
+    wait_for("the message cleared", WAIT, || async {
+        (s.mpo(&module)["status"]["message"] == "").then_some(())
+    })
+    .await;
+}

@@ -251,6 +251,33 @@ async fn blobs_redirected_to_another_host_are_fetched_without_our_credentials() 
         !fetched.is_empty() && fetched.iter().all(|r| !r.authorization),
         "the other host never sees our Authorization: {fetched:?}"
     );
+
+    // The storage host refuses (an expired pre-signed link): the message names that host, not
+    // the registry's credentials, and the applied module stays.
+    storage.fail_method("GET", "/blobs/", Fault::status(403));
+    let next = s
+        .push(&module, "dev", &ModuleImage::module(&module, 900, "2"))
+        .await;
+    assert_ne!(next, digest);
+    let mpo = s
+        .wait_for_message(
+            &module,
+            &format!(
+                "denied by {}, where the registry redirected the download of the blob",
+                storage.host()
+            ),
+            WAIT,
+        )
+        .await;
+    assert_eq!(mpo["status"]["imageDigest"], digest.as_str(), "kept");
+
+    // A bodyless 404 of a blob from the registry itself reads as a missing blob, not manifest.
+    front.clear();
+    front.fail_method("GET", "/blobs/", Fault::Bare(404));
+    s.wait_for_message(&module, "blob unknown", WAIT).await;
+    front.clear();
+    storage.clear();
+    s.wait_for_digest(&module, &next, WAIT).await;
 }
 
 #[tokio::test]

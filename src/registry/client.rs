@@ -155,7 +155,7 @@ impl Registry {
             return parse_digest(digest);
         }
         if !status.is_success() && !worth_a_get(status) {
-            return Err(self.http.status_error(head.response).await);
+            return Err(self.http.status_error(head.response, &url).await);
         }
         drop(head);
         let (body, header) = self.get_manifest(image, image.tag()).await?;
@@ -203,7 +203,7 @@ impl Registry {
         let url = self.http.url(image, "blobs", &layer.digest.to_string());
         let exchange = self.http.exchange(Method::GET, image, &url, "*/*").await?;
         if !exchange.response.status().is_success() {
-            return Err(self.http.status_error(exchange.response).await);
+            return Err(self.http.status_error(exchange.response, &url).await);
         }
         let failure = BodyFailure::default();
         let body = Verified::new(
@@ -231,7 +231,15 @@ impl Registry {
     /// The tags of the root repository: the module names of the source. Follows the `Link`
     /// pagination of the distribution spec, so a large source is listed whole.
     pub async fn list_modules(&self) -> Result<Vec<String>, RegistryError> {
-        self.list_tags_of(self.repo.root_repository()).await
+        let root = self.repo.root_repository();
+        if root.is_empty() {
+            // `/v2//tags/list` is no repository; a registry's catalog is not a module list.
+            return Err(RegistryError::BadRepo {
+                repo: self.repo.to_string(),
+                reason: "it names only a host, so there is no root repository whose tags list the modules (e.g. give registry.example.com/modules)".into(),
+            });
+        }
+        self.list_tags_of(root).await
     }
 
     /// The tags of `image`'s repository (`<repo>/<module>` or its `/release`), sorted; the tag
@@ -268,7 +276,12 @@ impl Registry {
                 None
             };
             let body = self
-                .small_body(response, MAX_TAGS_PAGE_BYTES, "a tag list page")
+                .small_body(
+                    response,
+                    url.as_str(),
+                    MAX_TAGS_PAGE_BYTES,
+                    "a tag list page",
+                )
                 .await?;
             let page: TagPage = serde_json::from_slice(&body).map_err(|_| {
                 RegistryError::BadManifest("the tag list is not the expected JSON".into())
@@ -298,7 +311,12 @@ impl Registry {
         let url = self.http.url(image, "blobs", &config.digest.to_string());
         let exchange = self.http.exchange(Method::GET, image, &url, "*/*").await?;
         let body = self
-            .small_body(exchange.response, MAX_CONFIG_BYTES, "the image config")
+            .small_body(
+                exchange.response,
+                &url,
+                MAX_CONFIG_BYTES,
+                "the image config",
+            )
             .await?;
         let seen = Digest::of(&body);
         if seen != config.digest {
@@ -343,7 +361,7 @@ impl Registry {
         let response = exchange.response;
         let header = content_digest(response.headers()).map(str::to_owned);
         let body = self
-            .small_body(response, MAX_MANIFEST_BYTES, "the manifest")
+            .small_body(response, &url, MAX_MANIFEST_BYTES, "the manifest")
             .await?;
         Ok((body, header))
     }
@@ -353,11 +371,12 @@ impl Registry {
     async fn small_body(
         &self,
         response: reqwest::Response,
+        requested: &str,
         limit: usize,
         what: &str,
     ) -> Result<Vec<u8>, RegistryError> {
         if !response.status().is_success() {
-            return Err(self.http.status_error(response).await);
+            return Err(self.http.status_error(response, requested).await);
         }
         let (body, truncated) = self.http.bounded(read_body(response, limit)).await??;
         if truncated {

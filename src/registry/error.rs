@@ -25,11 +25,16 @@ pub enum RegistryError {
     Client(&'static str),
     /// The registry answered with an error status. `code` is the first error code of the
     /// distribution error body, if it sent one; `retry_after` its own `Retry-After` (429, 503).
-    #[error("{}", status_message(*.status, .code.as_ref()))]
+    /// `resource` is what was asked for (a bodyless 404 names it); `answered_by` the host that
+    /// answered when the registry redirected the request there (S3, a CDN), so that its 403 is
+    /// not read as the registry's own denial.
+    #[error("{}", status_message(*.status, .code.as_ref(), *.resource, .answered_by.as_deref()))]
     Status {
         status: u16,
         code: Option<RegistryCode>,
         retry_after: Option<Duration>,
+        resource: Option<Resource>,
+        answered_by: Option<String>,
     },
     /// The request could not be sent or its response not read.
     #[error("{kind}: {}", root_cause(.source))]
@@ -106,6 +111,39 @@ pub enum RegistryCode {
     WithDetail(Box<RegistryCode>, String),
 }
 
+/// What a request asked the registry for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    Manifest,
+    Blob,
+    Tags,
+}
+
+impl Resource {
+    /// From the path of a distribution API URL (`/v2/<name>/manifests/…`, `/blobs/…`,
+    /// `/tags/list`).
+    pub(super) fn of_path(path: &str) -> Option<Self> {
+        if path.contains("/manifests/") {
+            Some(Self::Manifest)
+        } else if path.contains("/blobs/") {
+            Some(Self::Blob)
+        } else if path.ends_with("/tags/list") {
+            Some(Self::Tags)
+        } else {
+            None
+        }
+    }
+
+    /// What a 404 without a distribution error body means for this resource.
+    fn not_found(self) -> &'static str {
+        match self {
+            Self::Manifest => "manifest unknown",
+            Self::Blob => "blob unknown",
+            Self::Tags => "name unknown: no such repository in the registry",
+        }
+    }
+}
+
 /// Why a request got no usable response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransportKind {
@@ -155,10 +193,19 @@ impl RegistryError {
         }
     }
 
-    /// An error status from the registry. `body` is the (bounded) response body, empty for HEAD.
-    pub(super) fn from_status(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Self {
+    /// An error status from the registry (or from the host it redirected to, `answered_by`).
+    /// `body` is the (bounded) response body, empty for HEAD.
+    pub(super) fn from_status(
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        resource: Option<Resource>,
+        answered_by: Option<String>,
+    ) -> Self {
         let code = match serde_json::from_slice::<OciEnvelope>(body) {
-            Ok(envelope) if status.is_client_error() => envelope.errors.first().map(code_of),
+            Ok(envelope) if status.is_client_error() && answered_by.is_none() => {
+                envelope.errors.first().map(code_of)
+            }
             _ => None,
         };
         let retry_after = headers
@@ -169,6 +216,8 @@ impl RegistryError {
             status: status.as_u16(),
             code,
             retry_after,
+            resource,
+            answered_by,
         }
     }
 
@@ -179,6 +228,8 @@ impl RegistryError {
                 status: status.as_u16(),
                 code: None,
                 retry_after: None,
+                resource: None,
+                answered_by: None,
             };
         }
         let kind = transport_kind(&source);
@@ -260,10 +311,33 @@ fn token_server_message(status: u16) -> String {
     }
 }
 
-fn status_message(status: u16, code: Option<&RegistryCode>) -> String {
-    match code {
-        Some(code) => code.to_string(),
-        None => describe_status(status).0,
+fn status_message(
+    status: u16,
+    code: Option<&RegistryCode>,
+    resource: Option<Resource>,
+    answered_by: Option<&str>,
+) -> String {
+    if let Some(host) = answered_by {
+        let what = match resource {
+            Some(Resource::Blob) | None => "the blob",
+            Some(Resource::Manifest) => "the manifest",
+            Some(Resource::Tags) => "the tag list",
+        };
+        return match status {
+            403 => format!(
+                "denied by {host}, where the registry redirected the download of {what} (HTTP 403: an expired or refused storage link, not the registry's credentials)"
+            ),
+            404 => format!("{what} is not at {host}, where the registry redirected (HTTP 404)"),
+            c => format!(
+                "{} from {host}, where the registry redirected the download of {what}",
+                describe_status(c).0
+            ),
+        };
+    }
+    match (code, resource) {
+        (Some(code), _) => code.to_string(),
+        (None, Some(resource)) if status == 404 => resource.not_found().to_owned(),
+        (None, _) => describe_status(status).0,
     }
 }
 
@@ -390,27 +464,106 @@ mod tests {
 
     #[test]
     fn error_statuses_name_the_code_and_keep_retry_after() {
-        let limited = RegistryError::from_status(StatusCode::TOO_MANY_REQUESTS, &headers("3"), b"");
+        let limited = RegistryError::from_status(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers("3"),
+            b"",
+            None,
+            None,
+        );
         assert!(limited.is_transient());
         assert_eq!(limited.retry_after(), Some(Duration::from_secs(3)));
         assert!(limited.to_string().contains("HTTP 429"), "{limited}");
 
-        let unavailable =
-            RegistryError::from_status(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), b"");
+        let unavailable = RegistryError::from_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &HeaderMap::new(),
+            b"",
+            None,
+            None,
+        );
         assert!(unavailable.is_transient());
         assert_eq!(unavailable.retry_after(), None);
         assert_eq!(unavailable.to_string(), "registry error (HTTP 503)");
 
         let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
-        let missing = RegistryError::from_status(StatusCode::NOT_FOUND, &HeaderMap::new(), body);
+        let missing =
+            RegistryError::from_status(StatusCode::NOT_FOUND, &HeaderMap::new(), body, None, None);
         assert!(!missing.is_transient());
         assert_eq!(missing.to_string(), "manifest unknown");
 
         let body = br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#;
-        let limited =
-            RegistryError::from_status(StatusCode::TOO_MANY_REQUESTS, &headers("7"), body);
+        let limited = RegistryError::from_status(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers("7"),
+            body,
+            None,
+            None,
+        );
         assert!(limited.is_transient());
         assert_eq!(limited.to_string(), "too many requests: slow down");
         assert_eq!(limited.retry_after(), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn a_bodyless_404_names_what_was_asked_for() {
+        let of = |path| Resource::of_path(path);
+        assert_eq!(of("/v2/a/b/manifests/v1"), Some(Resource::Manifest));
+        assert_eq!(of("/v2/a/blobs/sha256:00"), Some(Resource::Blob));
+        assert_eq!(of("/v2/a/tags/list"), Some(Resource::Tags));
+        assert_eq!(of("/v2/"), None);
+        let not_found = |resource| {
+            RegistryError::from_status(
+                StatusCode::NOT_FOUND,
+                &HeaderMap::new(),
+                b"",
+                resource,
+                None,
+            )
+            .to_string()
+        };
+        assert_eq!(not_found(Some(Resource::Manifest)), "manifest unknown");
+        assert_eq!(not_found(Some(Resource::Blob)), "blob unknown");
+        assert!(not_found(Some(Resource::Tags)).starts_with("name unknown"));
+        // The registry's own code wins over the guess from the path.
+        let body = br#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#;
+        let named = RegistryError::from_status(
+            StatusCode::NOT_FOUND,
+            &HeaderMap::new(),
+            body,
+            Some(Resource::Manifest),
+            None,
+        );
+        assert!(named.to_string().starts_with("name unknown"), "{named}");
+    }
+
+    #[test]
+    fn a_refusal_from_a_redirect_target_names_that_host_not_the_registry() {
+        let body = br#"<?xml version="1.0"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"#;
+        let denied = RegistryError::from_status(
+            StatusCode::FORBIDDEN,
+            &HeaderMap::new(),
+            body,
+            Some(Resource::Blob),
+            Some("bucket.s3.eu-west-1.amazonaws.com".into()),
+        );
+        let message = denied.to_string();
+        assert!(
+            message.starts_with("denied by bucket.s3.eu-west-1.amazonaws.com, where the registry redirected the download of the blob"),
+            "{message}"
+        );
+        assert!(!denied.is_transient());
+        let unavailable = RegistryError::from_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &HeaderMap::new(),
+            b"",
+            Some(Resource::Blob),
+            Some("cdn.example:8443".into()),
+        );
+        assert!(unavailable.is_transient());
+        assert!(
+            unavailable.to_string().contains("cdn.example:8443"),
+            "{unavailable}"
+        );
     }
 }

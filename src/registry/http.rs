@@ -15,6 +15,7 @@ use tracing::warn;
 use super::{
     ModuleRef, RegistryCredentials, RegistryError, RequestObserver,
     auth::{self, Authorizations, Challenge, Known},
+    error::Resource,
     limits,
 };
 
@@ -88,16 +89,21 @@ impl Http {
         Ok(Exchange { response, permit })
     }
 
-    /// The error for a non-success response, its body read (bounded) unless it is a HEAD.
-    pub(super) async fn status_error(&self, response: Response) -> RegistryError {
+    /// The error for a non-success response to a request of `requested`, its body read
+    /// (bounded) unless it is a HEAD.
+    pub(super) async fn status_error(&self, response: Response, requested: &str) -> RegistryError {
         let status = response.status();
         let headers = response.headers().clone();
+        let resource = url::Url::parse(requested)
+            .ok()
+            .and_then(|url| Resource::of_path(url.path()));
+        let answered_by = redirected_host(requested, response.url());
         let body = match self.bounded(read_body(response, MAX_ERROR_BODY)).await {
             Ok(Ok((body, _))) => body,
             // The status says enough; a body that cannot be read adds nothing.
             _ => Vec::new(),
         };
-        RegistryError::from_status(status, &headers, &body)
+        RegistryError::from_status(status, &headers, &body, resource, answered_by)
     }
 
     pub(super) async fn bounded<T>(
@@ -220,6 +226,20 @@ impl Http {
         }
         result.map_err(RegistryError::transport)
     }
+}
+
+/// The host (and port) that answered when it is not the one asked: the registry redirected the
+/// request there. Only the host: the rest of a storage URL is often a signed query.
+fn redirected_host(requested: &str, answered: &url::Url) -> Option<String> {
+    let requested = url::Url::parse(requested).ok()?;
+    if requested.origin() == answered.origin() {
+        return None;
+    }
+    let host = answered.host_str()?;
+    Some(match answered.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
 }
 
 /// Reads at most `limit` bytes of the body; the flag says whether there was more.

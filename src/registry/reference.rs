@@ -31,6 +31,9 @@ impl RepoName {
                 "credentials in the repo are not allowed; use dockerCfg",
             ));
         }
+        if let Err(reason) = valid_host(host) {
+            return Err(bad(reason));
+        }
         let path_ok = path
             .split('/')
             .all(|part| part.is_empty() || valid_path_component(part));
@@ -179,6 +182,58 @@ impl fmt::Display for ModuleRef {
 }
 
 /// OCI distribution: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`; checked loosely (separators not at the ends).
+/// `name[:port]` as docker's reference grammar has it: DNS labels of letters, digits and inner
+/// `-`, separated by `.`; or `[IPv6]`; a port of 1–65535. Anything else (`?`, `#`, `%`, spaces,
+/// `\\`) would change the meaning of the URLs built from it.
+fn valid_host(host: &str) -> Result<(), &'static str> {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(bracketed) => {
+            let (address, rest) = bracketed
+                .split_once(']')
+                .ok_or("the host has an unclosed [")?;
+            address
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| "the host in [ ] is not an IPv6 address")?;
+            match rest {
+                "" => return Ok(()),
+                _ => (
+                    "",
+                    rest.strip_prefix(':')
+                        .ok_or("junk after the ] of the host")?,
+                ),
+            }
+        }
+        None => match host.rsplit_once(':') {
+            Some((name, port)) => (name, port),
+            None => (host, ""),
+        },
+    };
+    let port_ok = port.is_empty()
+        || (port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !port_ok || (host.ends_with(':')) {
+        return Err("the port must be a number from 1 to 65535");
+    }
+    if host.starts_with('[') {
+        return Ok(());
+    }
+    let label_ok = |label: &str| {
+        let bytes = label.as_bytes();
+        !bytes.is_empty()
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+            && bytes.first() != Some(&b'-')
+            && bytes.last() != Some(&b'-')
+    };
+    if name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(
+            "the host must be a DNS name or an IP address, optionally with :port (letters, digits, - and .)",
+        )
+    }
+}
+
 fn valid_path_component(part: &str) -> bool {
     let allowed =
         |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-');
@@ -236,6 +291,42 @@ mod tests {
         let bare = RepoName::parse("r.example").expect("valid");
         let at_root = ModuleRef::new(bare, "echo", "t").expect("valid");
         assert_eq!(at_root.to_string(), "r.example/echo:t");
+    }
+
+    #[test]
+    fn hosts_are_names_or_addresses_with_a_port_at_most() {
+        for good in [
+            "registry.example.com/m",
+            "Registry.Example.COM:443/m",
+            "127.0.0.1:5000/m",
+            "[::1]:5000/m",
+            "[fd00::1]/m",
+            "localhost/m",
+            "my-registry/m",
+        ] {
+            assert!(RepoName::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "r.example?x=1/m",
+            "r.example#frag/m",
+            "r example/m",
+            "r.example:/m",
+            "r.example:0/m",
+            "r.example:99999/m",
+            "r.example:80a/m",
+            "r..example/m",
+            "-r.example/m",
+            "r_x.example/m",
+            "r%2e.example/m",
+            "[::1/m",
+            "[not-v6]/m",
+            "[::1]x/m",
+        ] {
+            let err = RepoName::parse(bad).expect_err(bad);
+            assert!(matches!(err, RegistryError::BadRepo { .. }), "{bad}: {err}");
+        }
+        let upper = RepoName::parse("Registry.Example.COM:443/m").expect("valid");
+        assert_eq!(upper.host(), "registry.example.com:443");
     }
 
     #[test]

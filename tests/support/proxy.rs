@@ -67,6 +67,9 @@ pub enum Fault {
     PageTags(usize),
     /// Like [`Fault::PageTags`], the link target written as [`LinkForm`] says.
     PageTagsLinked(usize, LinkForm),
+    /// Answer with this status and no body at all, as a CDN or a proxy in front of a registry
+    /// does; the registry is not asked.
+    Bare(u16),
     /// Answer 200 with this body and `Content-Type` (e.g. a manifest the registry would not
     /// store, such as a Docker schema 1 one); the registry is not asked.
     Respond { content_type: String, body: Vec<u8> },
@@ -440,6 +443,10 @@ async fn handle(
             page_of_tags(&shared, request, &path, *size, form).await
         }
         Some(Fault::Respond { content_type, body }) => canned_response(content_type, body),
+        Some(Fault::Bare(code)) => {
+            let empty: BodyStream = futures::stream::empty().boxed();
+            (*code, HeaderMap::new(), empty)
+        }
         _ => forward(&shared, request, fault.as_ref(), conn).await,
     };
     tracker.set_status(status);
