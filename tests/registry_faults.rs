@@ -315,6 +315,52 @@ async fn a_connection_reset_mid_blob_keeps_the_old_module_until_a_download_succe
 }
 
 #[tokio::test]
+async fn a_blob_whose_connection_breaks_once_is_resumed_from_where_it_stopped() {
+    let _cluster = require_cluster!();
+    let (mut s, proxy) = through_proxy("fault-resume", &[]).await;
+    let module = format!("{}-m", s.id.0);
+    let cut = 64 * 1024;
+    proxy.fail(&blobs_of(&module), Fault::ResetAfterUnlessRanged(cut));
+    let digest = s
+        .push(&module, "dev", &large_module(&module, 512 * 1024))
+        .await;
+    s.apply_mpo(&module, "dev", "1h");
+    s.wait_for_digest(&module, &digest, WAIT).await;
+    assert_eq!(
+        s.mpo(&module)["status"]["message"],
+        "",
+        "one pass did it, with no failure in between"
+    );
+
+    let blob_gets = proxy.matching("GET", &blobs_of(&module));
+    let broken: Vec<&Seen> = blob_gets
+        .iter()
+        .filter(|r| r.fault == Some(Fault::ResetAfter(cut)))
+        .collect();
+    let resumed: Vec<&Seen> = blob_gets.iter().filter(|r| r.range.is_some()).collect();
+    assert_eq!(broken.len(), 1, "the layer broke once: {blob_gets:?}");
+    assert_eq!(resumed.len(), 1, "and resumed once: {blob_gets:?}");
+    // From what had arrived: a reset discards what the kernel had not handed over yet.
+    let from: u64 = resumed[0]
+        .range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a Range of bytes=N-: {:?}", resumed[0].range));
+    assert!(from > 0 && from <= cut as u64, "resumed at {from}");
+    assert_eq!(resumed[0].status, 206);
+    assert!(
+        s.operator
+            .log()
+            .contains("the blob download broke; resuming it where it stopped"),
+        "the resume is logged"
+    );
+    let blob = std::fs::read(s.module_dir(&module).join("dev/files/blob.bin")).expect("blob");
+    assert_eq!(blob.len(), 512 * 1024, "the whole layer arrived, verified");
+}
+
+#[tokio::test]
 async fn a_stalled_body_times_out_and_does_not_hold_up_another_override() {
     let cluster = require_cluster!();
     let (mut s, proxy) = through_proxy("fault-stall", &["--registry-read-timeout=2s"]).await;

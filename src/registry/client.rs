@@ -1,5 +1,6 @@
 use std::{sync::Arc, time::Duration};
 
+use futures::StreamExt;
 use oci_client::manifest::{self, OciDescriptor, OciImageManifest, OciManifest};
 use reqwest::Method;
 use tokio::io::AsyncRead;
@@ -12,6 +13,7 @@ use super::{
     http::{Http, SharedHttp, content_digest, read_body},
     media, pages,
     platform::choose_platform,
+    resume::{ResumeAt, resumable},
     verify::{BodyFailure, Deadline, Verified},
 };
 use crate::Digest;
@@ -206,8 +208,14 @@ impl Registry {
             return Err(self.http.status_error(exchange.response, &url).await);
         }
         let failure = BodyFailure::default();
+        let resume_at = ResumeAt {
+            http: self.http.clone(),
+            repository: image.repository(),
+            url,
+            blob: layer.digest.to_string(),
+        };
         let body = Verified::new(
-            exchange.response.bytes_stream(),
+            resumable(exchange.response.bytes_stream().boxed(), resume_at),
             layer.digest.clone(),
             layer.size,
             self.read_timeout,

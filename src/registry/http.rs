@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use reqwest::{
     Method, Response, StatusCode,
-    header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue},
+    header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, RANGE},
 };
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::warn;
@@ -115,6 +115,20 @@ impl Http {
             .map_err(|_| RegistryError::Timeout(self.request_timeout))
     }
 
+    /// A `GET` of `url` from byte `offset` on (`Range: bytes=<offset>-`), within the request
+    /// timeout. No host slot is taken: it continues a body whose slot is still held.
+    pub(super) async fn resend_from(
+        &self,
+        repository: &str,
+        url: &str,
+        offset: u64,
+    ) -> Result<Response, RegistryError> {
+        let range = HeaderValue::from_str(&format!("bytes={offset}-"))
+            .map_err(|_| RegistryError::Client("cannot build a Range header"))?;
+        self.bounded(self.send_authorized_with(Method::GET, repository, url, "*/*", Some(&range)))
+            .await?
+    }
+
     /// Sends with the kept `Authorization`; on 401 answers that response's own challenge (a new
     /// bearer token for this repository, or basic credentials) and resends once.
     async fn send_authorized(
@@ -123,6 +137,18 @@ impl Http {
         repository: &str,
         url: &str,
         accept: &str,
+    ) -> Result<Response, RegistryError> {
+        self.send_authorized_with(method, repository, url, accept, None)
+            .await
+    }
+
+    async fn send_authorized_with(
+        &self,
+        method: Method,
+        repository: &str,
+        url: &str,
+        accept: &str,
+        range: Option<&HeaderValue>,
     ) -> Result<Response, RegistryError> {
         let kept = match self.authorizations.current(repository) {
             Known::Nothing => None,
@@ -134,7 +160,7 @@ impl Http {
             } => self.renew(&challenge, repository, still_valid).await?,
         };
         let response = self
-            .send(method.clone(), url, accept, kept.as_ref())
+            .send(method.clone(), url, accept, kept.as_ref(), range)
             .await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
@@ -149,7 +175,7 @@ impl Http {
             // The same credentials were just refused; asking again would only repeat that.
             return Ok(response);
         }
-        self.send(method, url, accept, Some(&fresh)).await
+        self.send(method, url, accept, Some(&fresh), range).await
     }
 
     /// Renews a token due for renewal; if the token server fails, the kept token serves while
@@ -212,11 +238,15 @@ impl Http {
         url: &str,
         accept: &str,
         authorization: Option<&HeaderValue>,
+        range: Option<&HeaderValue>,
     ) -> Result<Response, RegistryError> {
         let label = method.as_str().to_owned();
         let mut request = self.client.request(method, url).header(ACCEPT, accept);
         if let Some(value) = authorization {
             request = request.header(AUTHORIZATION, value.clone());
+        }
+        if let Some(value) = range {
+            request = request.header(RANGE, value.clone());
         }
         let started = std::time::Instant::now();
         let result = request.send().await;

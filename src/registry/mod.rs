@@ -18,6 +18,7 @@ mod observe;
 mod pages;
 mod platform;
 mod reference;
+mod resume;
 mod verify;
 
 pub use client::{

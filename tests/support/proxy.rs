@@ -50,6 +50,9 @@ pub enum Fault {
     Status { code: u16, retry_after: Option<u64> },
     /// Forward, send this many bytes of the response body, then reset the connection (RST).
     ResetAfter(usize),
+    /// [`Fault::ResetAfter`] for requests without a `Range` header; ranged requests (a client
+    /// resuming) are forwarded untouched: a connection that broke once.
+    ResetAfterUnlessRanged(usize),
     /// Forward the status and headers, then never send a body byte.
     Stall,
     /// Forward, sending the body at about this many bytes per second.
@@ -117,6 +120,8 @@ pub struct Seen {
     pub fault: Option<Fault>,
     /// Whether the request carried an `Authorization` header.
     pub authorization: bool,
+    /// Its `Range` header, e.g. `bytes=16384-`.
+    pub range: Option<String>,
 }
 
 impl Seen {
@@ -427,9 +432,25 @@ async fn handle(
         .uri()
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-    let fault = shared.fault_for(&method, &path);
+    let range = request
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let fault = match shared.fault_for(&method, &path) {
+        Some(Fault::ResetAfterUnlessRanged(_)) if range.is_some() => None,
+        Some(Fault::ResetAfterUnlessRanged(bytes)) => Some(Fault::ResetAfter(bytes)),
+        other => other,
+    };
     let authorization = request.headers().contains_key(header::AUTHORIZATION);
-    let tracker = Tracker::new(shared.clone(), &method, &path, fault.clone(), authorization);
+    let tracker = Tracker::new(
+        shared.clone(),
+        &method,
+        &path,
+        fault.clone(),
+        authorization,
+        range,
+    );
     let (status, headers, body) = match &fault {
         Some(Fault::Status { code, retry_after }) => {
             let (headers, body) = error_response(*code, *retry_after);
@@ -740,6 +761,7 @@ impl Tracker {
         path: &str,
         fault: Option<Fault>,
         authorization: bool,
+        range: Option<String>,
     ) -> Self {
         let index = {
             let mut seen = lock(&shared.seen);
@@ -751,6 +773,7 @@ impl Tracker {
                 status: 0,
                 fault,
                 authorization,
+                range,
             });
             seen.len() - 1
         };
