@@ -1154,3 +1154,98 @@ async fn credentials_come_from_the_docker_credential_helpers_as_docker_desktop_a
         assert!(!stderr.contains(password), "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn every_command_has_its_own_help_and_kubectl_completes_the_plugin() {
+    let cluster = require_cluster!();
+    for (command, usage) in [
+        ("modules", "modules [OPTIONS] [SOURCE]"),
+        ("tags", "tags [OPTIONS] [SOURCE] MODULE"),
+        ("releases", "releases [OPTIONS] [SOURCE] MODULE"),
+        ("channel", "channel [OPTIONS] [SOURCE] MODULE [CHANNEL]"),
+        ("files", "files [OPTIONS] [SOURCE] MODULE:TAG"),
+        ("images", "images [OPTIONS] [SOURCE] MODULE:TAG"),
+        ("pull", "pull [OPTIONS] [SOURCE] MODULE:TAG DIR"),
+        ("diff", "diff [OPTIONS] [SOURCE] MODULE TAG_A TAG_B"),
+        ("renew", "renew [OPTIONS] MPO"),
+        ("status", "status [OPTIONS] [MPO]"),
+        ("completion", "completion bash|zsh|kubectl"),
+    ] {
+        let help = ok(mpo(cluster, &[command, "--help"]), "--help");
+        assert!(
+            help.contains(&format!("Usage: kubectl mpo {usage}\n")),
+            "{command}: {help}"
+        );
+        assert!(
+            help.contains(&format!("Examples:\n  kubectl mpo {command}"))
+                || help.contains(&format!("Examples:\n  source <(kubectl mpo {command} ")),
+            "{command} shows an example of itself: {help}"
+        );
+    }
+
+    // The plugin helper kubectl (>= 1.26) runs to complete `kubectl mpo …`, installed as a user
+    // would: beside kubectl-mpo on PATH.
+    let module = "cli-complete";
+    let s = Scenario::start(cluster, "cli-complete", RegistryKind::Plain, &[module], &[]).await;
+    let bin = tempfile::tempdir().expect("temp dir");
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_kubectl-mpo"),
+        bin.path().join("kubectl-mpo"),
+    )
+    .expect("plugin on PATH");
+    let helper = ok(
+        mpo(cluster, &["completion", "kubectl"]),
+        "completion kubectl",
+    );
+    let helper_path = bin.path().join("kubectl_complete-mpo");
+    std::fs::write(&helper_path, helper).expect("helper");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&helper_path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let complete = |words: &[&str]| {
+        let out = Command::new(&cluster.kubectl)
+            .arg("__complete")
+            .arg("mpo")
+            .args(words)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("PATH", &path)
+            .output()
+            .expect("kubectl runs");
+        text(&out.stdout)
+    };
+    let commands = complete(&["ta"]);
+    assert!(
+        commands.lines().any(|l| l.starts_with("tags")),
+        "{commands}"
+    );
+    let flags = complete(&["tags", "--no"]);
+    assert!(flags.lines().any(|l| l == "--no-kind"), "{flags}");
+    let sources = complete(&["tags", ""]);
+    assert!(
+        sources.lines().any(|l| l == s.source),
+        "ModuleSource names from the cluster: {sources}"
+    );
+
+    // bash: the generated script registers a completion for kubectl-mpo.
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            "source <(\"$0\" completion bash) && complete -p kubectl-mpo",
+            env!("CARGO_BIN_EXE_kubectl-mpo"),
+        ])
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success() && text(&out.stdout).contains("kubectl-mpo"),
+        "{} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}

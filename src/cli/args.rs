@@ -1,11 +1,11 @@
 //! The command line. Registry commands take the ModuleSource name first; with `--repo` there is
 //! no source operand (`kubectl mpo tags test echo` = `kubectl mpo tags --repo r.example/m echo`).
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use super::{CliError, output::Format};
+use super::{CliError, commands, output::Format};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,27 +36,21 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Module names in a source (the tags of its repo).
-    Modules(Operands),
-    /// Tags of a module's image repository, module images told apart from application images.
-    Tags(TagsArgs),
-    /// Release tags of a module: versions and channels.
-    Releases(Operands),
-    /// The version a channel points to (version.json), for one channel or all of them.
-    Channel(Operands),
-    /// The files of a module image.
-    Files(Operands),
-    /// images_digests.json of a module image, as a table.
-    Images(Operands),
-    /// Downloads a module image and unpacks it, with the operator's limits and checks.
-    Pull(PullArgs),
-    /// Files added, removed and changed between two tags of a module. Exits 1 when they differ
-    /// (as diff(1) and `kubectl diff` do), 2 or more when it cannot compare.
-    Diff(DiffArgs),
-    /// Asks the operator to check a ModulePullOverride now, and optionally waits for the result.
-    Renew(RenewArgs),
-    /// ModulePullOverrides with tag, digest, age, Ready, message and the source's flag.
-    Status(StatusArgs),
+    Modules(commands::modules::ModulesArgs),
+    Tags(commands::tags::TagsArgs),
+    Releases(commands::releases::ReleasesArgs),
+    Channel(commands::channel::ChannelArgs),
+    Files(commands::files::FilesArgs),
+    Images(commands::images::ImagesArgs),
+    Pull(commands::pull::PullArgs),
+    Diff(commands::diff::DiffArgs),
+    Renew(commands::renew::RenewArgs),
+    Status(commands::status::StatusArgs),
+    Completion(commands::completion::CompletionArgs),
+    /// Shell completion candidates in the protocol kubectl uses for plugins (cobra's
+    /// `__complete`), for `kubectl_complete-mpo`.
+    #[command(name = "__complete", hide = true)]
+    Complete(commands::completion::CompleteArgs),
 }
 
 /// Where the registry comes from: a ModuleSource in the cluster, or these flags.
@@ -77,95 +71,33 @@ pub struct RepoArgs {
     pub insecure_http: bool,
 }
 
-#[derive(Debug, Args)]
-pub struct Operands {
-    #[command(flatten)]
-    pub repo: RepoArgs,
-    /// `[SOURCE]` (absent with --repo), then the command's own operands: `modules`: none;
-    /// `releases`: MODULE; `channel`: MODULE [CHANNEL]; `files`, `images`: MODULE:TAG (or
-    /// MODULE@sha256:…); `diff`: MODULE TAG_A TAG_B.
-    #[arg(value_name = "OPERANDS")]
-    pub operands: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct TagsArgs {
-    #[command(flatten)]
-    pub operands: Operands,
-    /// Only list the tags, without reading each image's config to tell its kind.
-    #[arg(long)]
-    pub no_kind: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct DiffArgs {
-    #[command(flatten)]
-    pub operands: Operands,
-    /// Exit 0 even when the images differ (for scripts that only want the listing).
-    #[arg(long)]
-    pub exit_zero: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct PullArgs {
-    #[command(flatten)]
-    pub operands: Operands,
-    /// Treat DIR as an operator download directory: unpack into <DIR>/<module>/versions/<hex>,
-    /// switch <DIR>/<module>/dev and link <DIR>/modules/<weight>-<module>, as the operator does.
-    #[arg(long)]
-    pub store: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct RenewArgs {
-    /// The ModulePullOverride.
-    pub mpo: String,
-    /// Download and unpack again even when the digest is unchanged
-    /// (the `modules.deckhouse.io/renew: "true"` annotation).
-    #[arg(long)]
-    pub force: bool,
-    /// Wait until the operator handled it; print the digest, or the error with exit code 1.
-    #[arg(long)]
-    pub wait: bool,
-    /// How long --wait waits (exit code 3 when it runs out); only with --wait.
-    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration, requires = "wait")]
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// One ModulePullOverride (default: all).
-    pub mpo: Option<String>,
-}
-
-impl Operands {
-    /// Splits off the source operand (unless --repo is given) and checks the count of the rest:
-    /// `required` names the operands every call has, `optional` how many more may follow.
-    pub fn split(
-        &self,
-        required: &[&str],
-        optional: usize,
-    ) -> Result<(Option<String>, Vec<String>), CliError> {
-        let mut rest = self.operands.clone();
-        let source = match self.repo.repo {
-            Some(_) => None,
-            None if rest.is_empty() => {
-                return Err(CliError::Usage(
-                    "name a ModuleSource, or give --repo <registry/path>".into(),
-                ));
-            }
-            None => Some(rest.remove(0)),
-        };
-        if rest.len() < required.len() {
-            let missing = required[rest.len()..].join(" ");
-            return Err(CliError::Usage(format!("missing operand: {missing}")));
+/// Splits off the source operand (unless --repo is given) and checks the count of the rest:
+/// `required` names the operands every call has, `optional` how many more may follow.
+pub fn split_operands(
+    repo: &RepoArgs,
+    operands: &[String],
+    required: &[&str],
+    optional: usize,
+) -> Result<(Option<String>, Vec<String>), CliError> {
+    let mut rest = operands.to_vec();
+    let source = match repo.repo {
+        Some(_) => None,
+        None if rest.is_empty() => {
+            return Err(CliError::Usage(
+                "name a ModuleSource, or give --repo <registry/path>".into(),
+            ));
         }
-        if rest.len() > required.len() + optional {
-            let extra = rest[required.len() + optional..].join(" ");
-            return Err(CliError::Usage(format!("unexpected operand: {extra}")));
-        }
-        Ok((source, rest))
+        None => Some(rest.remove(0)),
+    };
+    if rest.len() < required.len() {
+        let missing = required[rest.len()..].join(" ");
+        return Err(CliError::Usage(format!("missing operand: {missing}")));
     }
+    if rest.len() > required.len() + optional {
+        let extra = rest[required.len() + optional..].join(" ");
+        return Err(CliError::Usage(format!("unexpected operand: {extra}")));
+    }
+    Ok((source, rest))
 }
 
 #[cfg(test)]
@@ -177,24 +109,34 @@ mod tests {
             .expect("parses")
     }
 
-    fn operands(cli: Cli) -> Operands {
+    /// The repo flags and operands of a registry command.
+    fn operands(cli: Cli) -> (RepoArgs, Vec<String>) {
         match cli.command {
-            Command::Channel(o) | Command::Files(o) => o,
-            Command::Diff(d) => d.operands,
-            Command::Tags(t) => t.operands,
+            Command::Channel(c) => (c.repo, c.operands),
+            Command::Files(f) => (f.repo, f.operands),
+            Command::Diff(d) => (d.repo, d.operands),
+            Command::Tags(t) => (t.repo, t.operands),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    fn split(
+        (repo, operands): (RepoArgs, Vec<String>),
+        required: &[&str],
+        optional: usize,
+    ) -> Result<(Option<String>, Vec<String>), CliError> {
+        split_operands(&repo, &operands, required, optional)
     }
 
     #[test]
     fn the_source_operand_comes_first_unless_repo_is_given() {
         let o = operands(parse(&["channel", "test", "echo", "alpha"]));
-        let (source, rest) = o.split(&["MODULE"], 1).expect("valid");
+        let (source, rest) = split(o, &["MODULE"], 1).expect("valid");
         assert_eq!(source.as_deref(), Some("test"));
         assert_eq!(rest, ["echo", "alpha"]);
 
         let o = operands(parse(&["channel", "--repo", "r.example/m", "echo"]));
-        let (source, rest) = o.split(&["MODULE"], 1).expect("valid");
+        let (source, rest) = split(o, &["MODULE"], 1).expect("valid");
         assert_eq!(source, None);
         assert_eq!(rest, ["echo"]);
     }
@@ -202,15 +144,13 @@ mod tests {
     #[test]
     fn wrong_operand_counts_say_what_is_missing_or_extra() {
         let o = operands(parse(&["diff", "test", "echo", "a"]));
-        let err = o
-            .split(&["MODULE", "TAG_A", "TAG_B"], 0)
-            .expect_err("short");
+        let err = split(o, &["MODULE", "TAG_A", "TAG_B"], 0).expect_err("short");
         assert_eq!(err.to_string(), "missing operand: TAG_B");
         let o = operands(parse(&["files", "--repo", "r/m", "echo:a", "b"]));
-        let err = o.split(&["MODULE:TAG"], 0).expect_err("long");
+        let err = split(o, &["MODULE:TAG"], 0).expect_err("long");
         assert_eq!(err.to_string(), "unexpected operand: b");
         let o = operands(parse(&["tags"]));
-        assert!(o.split(&["MODULE"], 0).is_err());
+        assert!(split(o, &["MODULE"], 0).is_err());
     }
 
     #[test]

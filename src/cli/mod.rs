@@ -12,10 +12,11 @@
 //! cluster as kubectl does. Imports nothing from the controller (tests/layering.rs).
 
 mod args;
+mod commands;
 mod credential_helper;
 mod diff;
 mod error;
-mod inspect;
+mod image;
 mod output;
 mod overrides;
 mod progress;
@@ -51,15 +52,17 @@ pub async fn run(cli: Cli) -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<(), CliError> {
     let Cli { global, command } = cli;
     match command {
-        Command::Modules(args) => inspect::modules(&global, args).await,
-        Command::Tags(args) => inspect::tags(&global, args).await,
-        Command::Releases(args) => inspect::releases(&global, args).await,
-        Command::Channel(args) => inspect::channel(&global, args).await,
-        Command::Files(args) => inspect::files(&global, args).await,
-        Command::Images(args) => inspect::images(&global, args).await,
-        Command::Pull(args) => inspect::pull(&global, args).await,
-        Command::Diff(args) => inspect::diff(&global, args).await,
-        Command::Renew(args) => overrides::renew(&global, args).await,
-        Command::Status(args) => overrides::status(&global, args).await,
+        Command::Modules(args) => commands::modules::run(&global, args).await,
+        Command::Tags(args) => commands::tags::run(&global, args).await,
+        Command::Releases(args) => commands::releases::run(&global, args).await,
+        Command::Channel(args) => commands::channel::run(&global, args).await,
+        Command::Files(args) => commands::files::run(&global, args).await,
+        Command::Images(args) => commands::images::run(&global, args).await,
+        Command::Pull(args) => commands::pull::run(&global, args).await,
+        Command::Diff(args) => commands::diff::run(&global, args).await,
+        Command::Renew(args) => commands::renew::run(&global, args).await,
+        Command::Status(args) => commands::status::run(&global, args).await,
+        Command::Completion(args) => commands::completion::run(args),
+        Command::Complete(args) => commands::completion::complete(&global, args).await,
     }
 }

@@ -1,24 +1,12 @@
-//! Override commands: `renew` (annotate, and with --wait follow the operator's handling) and
-//! `status` (overrides with their source's flag), through the apiserver as kubectl does.
-
-use std::collections::BTreeMap;
+//! What the override commands (`renew`, `status`) share: an override as a row, with its
+//! source's `overridden` flag, and the table of them.
 
 use chrono::{DateTime, Utc};
-use kube::{
-    Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
-    runtime::wait::await_condition,
-};
+use kube::ResourceExt;
 use serde::Serialize;
-use serde_json::json;
 
-use super::{
-    CliError,
-    args::{Global, RenewArgs, StatusArgs},
-    output::{self, Table},
-    source::kube_client,
-};
-use crate::crd::{ModulePullOverride, ModuleSource, RENEW_ANNOTATION, RENEW_FORCE_ANNOTATION};
+use super::{CliError, output::Table};
+use crate::crd::{ModulePullOverride, ModuleSource};
 
 /// One override as `status` and `renew --wait` show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -36,95 +24,7 @@ pub struct OverrideRow {
     pub overridden: Option<bool>,
 }
 
-pub async fn renew(global: &Global, args: RenewArgs) -> Result<(), CliError> {
-    let api = Api::<ModulePullOverride>::all(kube_client(global).await?);
-    let (key, value) = if args.force {
-        (RENEW_FORCE_ANNOTATION, "true")
-    } else {
-        (RENEW_ANNOTATION, "")
-    };
-    let patch = json!({ "metadata": { "annotations": { key: value } } });
-    let annotated = api
-        .patch(&args.mpo, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|e| not_found_as(e, || CliError::MpoNotFound(args.mpo.clone())))?;
-    if !args.wait {
-        // As `kubectl annotate`: a line for people, the object (as it is now) for -o json|yaml.
-        return match global.output {
-            output::Format::Table => {
-                println!("modulepulloverride/{} annotated", args.mpo);
-                Ok(())
-            }
-            format => output::print(format, &override_row(&annotated, None), |_| Table::new(&[])),
-        };
-    }
-    // The operator writes the status of the pass first and then removes the annotation, so
-    // once it is gone the status is that pass's outcome.
-    let handled = move |mpo: Option<&ModulePullOverride>| {
-        mpo.is_none_or(|mpo| !mpo.annotations().contains_key(key))
-    };
-    let waited = tokio::time::timeout(args.timeout, await_condition(api, &args.mpo, handled))
-        .await
-        .map_err(|_| CliError::Timeout {
-            mpo: format!("modulepulloverride/{}", args.mpo),
-            waited: args.timeout,
-        })?;
-    let mpo = waited?.ok_or_else(|| CliError::MpoNotFound(args.mpo.clone()))?;
-    let row = override_row(&mpo, None);
-    if row.digest.is_none() || !row.message.is_empty() {
-        let message = if row.message.is_empty() {
-            "no module applied yet".to_owned()
-        } else {
-            row.message.clone()
-        };
-        return Err(CliError::Failed {
-            mpo: format!("modulepulloverride/{}", args.mpo),
-            message,
-        });
-    }
-    output::print(global.output, &row, |row| {
-        let mut table = Table::new(&["NAME", "TAG", "DIGEST", "UPDATED"]);
-        table.row(vec![
-            row.name.clone(),
-            row.tag.clone(),
-            row.digest.clone().unwrap_or_default(),
-            row.updated_at.clone().unwrap_or_default(),
-        ]);
-        table
-    })
-}
-
-pub async fn status(global: &Global, args: StatusArgs) -> Result<(), CliError> {
-    let client = kube_client(global).await?;
-    let mpos = Api::<ModulePullOverride>::all(client.clone());
-    let mpos = match &args.mpo {
-        Some(name) => vec![
-            mpos.get_opt(name)
-                .await?
-                .ok_or_else(|| CliError::MpoNotFound(name.clone()))?,
-        ],
-        None => mpos.list(&ListParams::default()).await?.items,
-    };
-    let sources: BTreeMap<String, ModuleSource> = Api::<ModuleSource>::all(client)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .map(|s| (s.name_any(), s))
-        .collect();
-    let mut rows: Vec<OverrideRow> = mpos
-        .iter()
-        .map(|mpo| override_row(mpo, sources.get(&mpo.spec.source)))
-        .collect();
-    rows.sort_by(|a, b| a.name.cmp(&b.name));
-    let now = Utc::now();
-    if args.mpo.is_some() && global.output != output::Format::Table {
-        return output::print(global.output, &rows[0], |_| Table::default());
-    }
-    output::print(global.output, &rows, |rows| status_table(rows, now))
-}
-
-fn status_table(rows: &[OverrideRow], now: DateTime<Utc>) -> Table {
+pub(super) fn status_table(rows: &[OverrideRow], now: DateTime<Utc>) -> Table {
     let mut table = Table::new(&[
         "NAME",
         "SOURCE",
@@ -182,7 +82,7 @@ pub fn override_row(mpo: &ModulePullOverride, source: Option<&ModuleSource>) -> 
     }
 }
 
-fn not_found_as(err: kube::Error, replacement: impl FnOnce() -> CliError) -> CliError {
+pub(super) fn not_found_as(err: kube::Error, replacement: impl FnOnce() -> CliError) -> CliError {
     match err {
         kube::Error::Api(status) if status.code == 404 => replacement(),
         other => CliError::from(other),
@@ -214,7 +114,8 @@ mod tests {
 
     fn mpo(message: Option<&str>) -> ModulePullOverride {
         let spec: ModulePullOverrideSpec =
-            serde_json::from_value(json!({"imageTag": "main", "source": "test"})).expect("spec");
+            serde_json::from_value(serde_json::json!({"imageTag": "main", "source": "test"}))
+                .expect("spec");
         let mut mpo = ModulePullOverride::new("echo", spec);
         mpo.status = Some(ModulePullOverrideStatus {
             image_digest: Some(format!("sha256:{}", "a".repeat(64))),
