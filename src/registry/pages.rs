@@ -141,6 +141,56 @@ mod tests {
         }
     }
 
+    /// `Link` headers of tag lists as each registry sends them (their documentation and answers
+    /// seen in the wild), each resolved on the registry that was asked.
+    #[test]
+    fn vendor_links_resolve_on_the_registry_asked() {
+        for (vendor, request, link, expected) in [
+            (
+                "Docker Hub",
+                "https://registry-1.docker.io/v2/library/alpine/tags/list?n=100",
+                r#"</v2/library/alpine/tags/list?last=3.19&n=100>; rel="next""#,
+                "https://registry-1.docker.io/v2/library/alpine/tags/list?last=3.19&n=100",
+            ),
+            (
+                "GHCR",
+                "https://ghcr.io/v2/owner/modules/echo/tags/list?n=1000",
+                r#"</v2/owner/modules/echo/tags/list?last=main-patch-03354&n=0>; rel="next""#,
+                "https://ghcr.io/v2/owner/modules/echo/tags/list?last=main-patch-03354&n=0",
+            ),
+            (
+                "GitLab",
+                "https://registry.gitlab.com/v2/group/project/echo/tags/list?n=1000",
+                r#"<https://registry.gitlab.com/v2/group/project/echo/tags/list?last=v1.2.0&n=1000>; rel="next""#,
+                "https://registry.gitlab.com/v2/group/project/echo/tags/list?last=v1.2.0&n=1000",
+            ),
+            (
+                "Harbor",
+                "https://harbor.example.com/v2/library/echo/tags/list?n=1000",
+                r#"</v2/library/echo/tags/list?last=v1.0.9&n=1000>; rel="next""#,
+                "https://harbor.example.com/v2/library/echo/tags/list?last=v1.0.9&n=1000",
+            ),
+            (
+                "Quay",
+                "https://quay.io/v2/org/echo/tags/list?n=50",
+                r#"</v2/org/echo/tags/list?n=50&next_page=gAAAAABl8x_Qb2Q%3D>; rel="next""#,
+                "https://quay.io/v2/org/echo/tags/list?n=50&next_page=gAAAAABl8x_Qb2Q%3D",
+            ),
+            (
+                "ECR",
+                "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com/v2/modules/echo/tags/list?n=1000",
+                r#"</v2/modules/echo/tags/list?last=ukD72mdD%2FmC8b5xV3susmJzzaTgp3hKwR9nRUW1yZZ7&n=1000>; rel="next""#,
+                "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com/v2/modules/echo/tags/list?last=ukD72mdD%2FmC8b5xV3susmJzzaTgp3hKwR9nRUW1yZZ7&n=1000",
+            ),
+        ] {
+            assert_eq!(
+                next(request, link).unwrap().as_deref(),
+                Some(expected),
+                "{vendor}"
+            );
+        }
+    }
+
     #[test]
     fn a_default_port_written_or_not_is_the_same_origin() {
         // GHCR and Quay: the repo written as ghcr.io:443, the link without a port, and back.

@@ -172,6 +172,25 @@ mod tests {
     }
 
     #[test]
+    fn a_multi_platform_buildx_push_with_an_attestation_each_takes_amd64() {
+        // `docker buildx build --platform linux/arm64,linux/amd64 --push` (GHCR, Docker Hub,
+        // Harbor and ECR store it as pushed): the images in the order built, then one provenance
+        // attestation per image.
+        let index_json = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{A}","size":673,"platform":{{"architecture":"arm64","os":"linux"}}}},
+            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{B}","size":673,"platform":{{"architecture":"amd64","os":"linux"}}}},
+            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{C}","size":566,"annotations":{{"vnd.docker.reference.digest":"{A}","vnd.docker.reference.type":"attestation-manifest"}},"platform":{{"architecture":"unknown","os":"unknown"}}}},
+            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{C}","size":566,"annotations":{{"vnd.docker.reference.digest":"{B}","vnd.docker.reference.type":"attestation-manifest"}},"platform":{{"architecture":"unknown","os":"unknown"}}}}]}}"#
+        );
+        let chosen = choose_platform(&index(&index_json)).unwrap();
+        assert_eq!(
+            (chosen.digest.as_str(), chosen.reason),
+            (B, ChoiceReason::LinuxAmd64)
+        );
+    }
+
+    #[test]
     fn one_entry_without_a_platform_serves() {
         // `buildah manifest` of one image without --arch, or an index written by hand.
         let list = format!(
