@@ -52,6 +52,12 @@ pub struct Settings {
     #[arg(long, env = "MPO_WATCH_SELECTOR", default_value = "")]
     pub watch_selector: String,
 
+    /// After SIGTERM, how long passes in flight may run on (a download finishing) before they are
+    /// cancelled (their staging removed, nothing written) and the lease is released. Keep it
+    /// below the pod's terminationGracePeriodSeconds (deploy/: 120 s).
+    #[arg(long, env = "MPO_SHUTDOWN_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
     /// Take a Lease before reconciling, so that only one replica works at a time.
     #[arg(long, env = "MPO_LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set)]
     pub leader_election: bool,

@@ -591,6 +591,68 @@ async fn a_leader_draining_after_sigterm_is_still_fenced_when_it_loses_the_lease
     s.operator = leader;
 }
 
+/// A drain that would outlast the pod's grace period (a large download on a slow link) is cut
+/// at `--shutdown-timeout`: the pass is fenced (nothing switched in or written), the lease is
+/// released for the standby, and the process exits 0 before the kubelet's SIGKILL. Before, the
+/// drain waited for the whole download.
+#[tokio::test]
+async fn a_drain_longer_than_the_shutdown_timeout_is_cut_and_the_lease_released() {
+    let cluster = require_cluster!();
+    let (mut s, lease_name) = leader_scenario(cluster, "drain-bound").await;
+    let proxy = FaultProxy::start(&s.registry);
+    s.route_source_through(proxy.host());
+    let mut flags = lease_flags(&lease_name).to_vec();
+    flags.push("--shutdown-timeout=3s");
+    let mut leader = Operator::start(cluster, &s.id, &flags);
+    wait_for("the replica to lead", WAIT, || async {
+        leads(&leader).then_some(())
+    })
+    .await;
+    // 8 MiB at 128 KiB/s: about a minute, far beyond the 3 s bound.
+    let module = format!("{}-slow", s.id.0);
+    s.push(&module, "dev", &large_module(&module, 8 << 20))
+        .await;
+    proxy.fail("/blobs/", Fault::Slow(128 * 1024));
+    s.apply_mpo(&module, "dev", "1h");
+    wait_for("the download to start", WAIT, || async {
+        leader.log().contains("downloading").then_some(())
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    let code = leader.stop();
+    let took = asked.elapsed();
+    assert_eq!(code, Some(0), "a clean exit: {}", leader.log());
+    assert!(
+        took < Duration::from_secs(20),
+        "the drain was cut at the timeout, not at the end of the download: {took:?}"
+    );
+    let log = leader.log();
+    assert!(
+        log.contains("passes still in flight after the shutdown timeout; cancelling them"),
+        "{log}"
+    );
+    assert!(log.contains("released the lease"), "{log}");
+    let holder = cluster.kubectl_ok(&[
+        "get",
+        "lease",
+        &lease_name,
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(holder.trim(), "", "the lease is free for the standby");
+    assert!(
+        !leader.module_dir(&module).join("dev").exists(),
+        "the cut pass switched nothing in"
+    );
+    assert!(
+        mpo_digest(cluster, &module).is_none(),
+        "and wrote no status"
+    );
+    s.operator = leader;
+}
+
 fn mpo_digest(cluster: &Cluster, module: &str) -> Option<String> {
     let out = cluster.kubectl_ok(&["get", "mop", module, "-o", "jsonpath={.status.imageDigest}"]);
     Some(out.trim().to_owned()).filter(|d| !d.is_empty())

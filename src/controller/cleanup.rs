@@ -19,7 +19,16 @@ pub async fn cleanup(
     let name = mpo.name_any();
     // A missing source has no flag to clear and must not block the deletion: the writer skips it.
     let ticket = ctx.flags.mpo_gone(&name, &mpo.spec.source);
-    if ctx.flags.wait_flushed(ticket, FLAG_WAIT).await {
+    let flushed = tokio::select! {
+        flushed = ctx.flags.wait_flushed(ticket, FLAG_WAIT) => flushed,
+        () = ctx.fence.cancelled() => false,
+    };
+    if ctx.fence.is_cancelled() {
+        // The lease went while waiting: the finalizer stays for the new leader to remove; an
+        // `Ok` here would make the finalizer helper write it away after the fence.
+        return Err(ControllerError::Fenced);
+    }
+    if flushed {
         info!(mpo = %name, source = %mpo.spec.source, "deleted; its overridden flag is given back");
     } else {
         warn!(mpo = %name, source = %mpo.spec.source, "deleted; its flag is cleared by a later write");

@@ -125,6 +125,9 @@ pub enum ControllerError {
     Join(#[from] tokio::task::JoinError),
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// The lease was lost during the reconcile: nothing more may be written.
+    #[error("the lease was lost; the new leader takes over")]
+    Fenced,
 }
 
 impl ControllerError {
@@ -136,6 +139,7 @@ impl ControllerError {
             Self::Serialize(_) => "Serialize",
             Self::Join(_) => "Task",
             Self::Storage(_) => "Storage",
+            Self::Fenced => "Fenced",
         }
     }
 }

@@ -51,6 +51,9 @@ pub struct Flags {
     wake: Notify,
     /// Bumped after every flush round, so that deletions waiting for their source can look again.
     progress: tokio::sync::watch::Sender<u64>,
+    /// Set when the writer has returned (stop, lost lease): nobody will flush any more, so a
+    /// deletion must not wait for it.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Flags {
@@ -59,6 +62,7 @@ impl Default for Flags {
             state: Mutex::default(),
             wake: Notify::new(),
             progress: tokio::sync::watch::Sender::new(0),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -226,6 +230,9 @@ impl Flags {
                 if self.lock().is_synced(&ticket) {
                     return true;
                 }
+                if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    return false;
+                }
                 if progress.changed().await.is_err() {
                     return false;
                 }
@@ -317,6 +324,18 @@ pub fn flags_apply_body(modules: &BTreeSet<String>) -> Value {
 }
 
 /// Flushes dirty sources until `stop`: the only writer of `overridden` flags.
+/// Marks the writer stopped however it returns, and wakes the deletions waiting for it.
+struct StoppedOnReturn(Arc<Flags>);
+
+impl Drop for StoppedOnReturn {
+    fn drop(&mut self) {
+        self.0
+            .stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.progress.send_modify(|round| *round += 1);
+    }
+}
+
 pub async fn run_writer(
     flags: Arc<Flags>,
     client: Client,
@@ -324,6 +343,7 @@ pub async fn run_writer(
     sources: Store<ModuleSource>,
     stop: CancellationToken,
 ) {
+    let _stopped = StoppedOnReturn(flags.clone());
     let api = Api::<ModuleSource>::all(client);
     flags.resync_all(&sources);
     let mut resync = tokio::time::interval(RESYNC);
@@ -449,6 +469,30 @@ async fn release_legacy_managers(
 mod tests {
     use super::*;
     use crate::crd::{ModulePullOverrideSpec, ModulePullOverrideStatus};
+
+    #[tokio::test]
+    async fn a_deletion_does_not_wait_for_a_writer_that_has_stopped() {
+        let flags = Arc::new(Flags::default());
+        let ticket = flags.mpo_gone("echo", "test");
+        let waiting = tokio::spawn({
+            let flags = flags.clone();
+            async move {
+                let started = tokio::time::Instant::now();
+                let flushed = flags.wait_flushed(ticket, Duration::from_secs(10)).await;
+                (flushed, started.elapsed())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(StoppedOnReturn(flags.clone()));
+        let (flushed, waited) = waiting.await.expect("joins");
+        assert!(!flushed);
+        assert!(waited < Duration::from_secs(1), "waited {waited:?}");
+        // And a deletion after the stop does not wait at all.
+        let later = flags.mpo_gone("other", "test");
+        let started = tokio::time::Instant::now();
+        assert!(!flags.wait_flushed(later, Duration::from_secs(10)).await);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
 
     fn source(listed: Option<&[&str]>) -> ModuleSource {

@@ -124,11 +124,26 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     metrics.set_ready(false);
     // Only the leader sweeps: with a shared volume, a starting standby would otherwise remove
     // the leader's staging directory in the middle of its download.
-    let swept = store.sweep()?;
+    let swept = match store.sweep() {
+        Ok(swept) => swept,
+        Err(err) => {
+            // Give the lease back: this container restarts with the same identity and would
+            // retake it at once, failing again, while a healthy standby waits.
+            if let Some(leadership) = leadership {
+                leadership.release().await;
+            }
+            return Err(err.into());
+        }
+    };
     info!(dir = %settings.download_dir.display(), staging_removed = swept, "download directory ready");
     let stop = shutdown.child_token();
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let fence = CancellationToken::new();
+    let shutdown_bound = tokio::spawn(fence_after_grace(
+        shutdown.clone(),
+        settings.shutdown_timeout,
+        fence.clone(),
+    ));
     let lease_watch = leadership.as_ref().map(|l| {
         tokio::spawn(stop_when_lost(
             l.lost(),
@@ -221,6 +236,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     ctx.metrics.set_leader(false);
     heartbeat.abort();
     info!("controllers stopped; in-flight passes finished");
+    shutdown_bound.abort();
     if let Some(lease_watch) = lease_watch {
         lease_watch.abort();
     }
@@ -259,6 +275,25 @@ async fn stop_when_lost(
     // Fence first: passes in flight are dropped (their staging removed) and write nothing.
     fence.cancel();
     stop.cancel();
+}
+
+/// Bounds graceful shutdown: once `timeout` has passed since SIGTERM, passes still in flight are
+/// fenced (dropped, their staging removed, nothing written) so that the controllers stop and the
+/// lease is released before the kubelet's SIGKILL.
+async fn fence_after_grace(
+    shutdown: CancellationToken,
+    timeout: std::time::Duration,
+    fence: CancellationToken,
+) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(timeout).await;
+    if !fence.is_cancelled() {
+        warn!(
+            timeout = %humantime::format_duration(timeout),
+            "passes still in flight after the shutdown timeout; cancelling them"
+        );
+        fence.cancel();
+    }
 }
 
 /// The objects to pass over, as kube's `applied_objects` gives them, except that those of a

@@ -44,6 +44,9 @@ pub fn error_policy(
     err: &ControllerError,
     ctx: Arc<Context>,
 ) -> Action {
+    if is_fenced(err) {
+        return Action::await_change();
+    }
     if is_stale_finalizer_patch(err) {
         // The cached object predates our own finalizer write; the watch brings the new one.
         debug!(mpo = %mpo.name_any(), "finalizer already changed on the server; retrying");
@@ -54,6 +57,19 @@ pub fn error_policy(
     warn!(mpo = %name, reason = err.reason(), ?wait, "reconcile failed: {err}");
     ctx.metrics.api_failed(err.reason());
     Action::requeue(wait)
+}
+
+/// A reconcile the fence stopped: not a failure to back off from, nothing to retry here.
+fn is_fenced(err: &ControllerError) -> bool {
+    use kube::runtime::finalizer::Error as F;
+    match err {
+        ControllerError::Fenced => true,
+        ControllerError::Finalizer(inner) => matches!(
+            inner.as_ref(),
+            F::CleanupFailed(ControllerError::Fenced) | F::ApplyFailed(ControllerError::Fenced)
+        ),
+        _ => false,
+    }
 }
 
 /// The finalizer helper guards its JSON patches with a `test` of the cached finalizers; the
