@@ -157,6 +157,12 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     let concurrency = settings.concurrency;
     let source_watch = sources::SourceWatch::new();
     let flags = Arc::new(flags::Flags::default());
+    // A commit runs on a blocking thread that the fence cannot drop: it asks the fence itself
+    // before it switches anything in.
+    let store = store.with_commit_gate(crate::storage::CommitGate::new({
+        let fence = fence.clone();
+        move || !fence.is_cancelled()
+    }));
     let ctx = Arc::new(Context::new(
         client.clone(),
         store,

@@ -75,6 +75,10 @@ pub enum StorageError {
     /// repeated gives the same message (no new status write or Event per retry).
     #[error("cannot write {}: {source}", Quoted(&stable_path(.path)))]
     Write { path: PathBuf, source: io::Error },
+
+    /// The store's commit gate closed (the writer lost the right to write) before the switch.
+    #[error("the commit was cancelled before the switch")]
+    Cancelled,
 }
 
 impl StorageError {
@@ -82,7 +86,7 @@ impl StorageError {
         match self {
             Self::Read { .. } | Self::Unsafe { .. } | Self::Limit { .. } => FailureClass::Download,
             Self::Invalid { .. } | Self::BadModuleName { .. } => FailureClass::InvalidModule,
-            Self::Write { .. } => FailureClass::Store,
+            Self::Write { .. } | Self::Cancelled => FailureClass::Store,
         }
     }
 

@@ -40,8 +40,11 @@ impl Staging {
         let store = self.store.clone();
         let previous = store.active(&self.module);
         let version = store.version_dir(&self.module, &self.digest);
+        // The seal (a syncfs) can take seconds: ask again right before each visible step.
+        store.may_commit()?;
         self.move_into_versions(&version)?;
         store.link_for_loader(&self.module, info.weight)?;
+        store.may_commit()?;
         store.point_dev_at(&self.module, &self.digest)?;
         tracing::debug!(module = %self.module, digest = %self.digest, "dev switched");
 
@@ -322,6 +325,29 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         path.symlink_metadata().unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_closed_commit_gate_stops_the_commit_before_anything_is_switched() {
+        let fixture = Fixture::new();
+        let v1 = Digest::of(b"v1");
+        fixture.install(MODULE, &v1, module_layer(910, "v1"));
+        let closed = ModuleStore::new(fixture.root(), super::super::Limits::default())
+            .with_commit_gate(super::super::CommitGate::new(|| false));
+        let v2 = Digest::of(b"v2");
+        let mut staging = closed.stage(MODULE, &v2).unwrap();
+        staging
+            .apply_layer(&module_layer(910, "v2")[..], LayerCompression::None)
+            .unwrap();
+        let info = staging.validate(MODULE).unwrap();
+        let err = staging.commit(&info).unwrap_err();
+        assert!(matches!(err, StorageError::Cancelled), "{err}");
+        assert_eq!(closed.active(MODULE), Some(v1.clone()), "dev untouched");
+        assert_eq!(
+            versions(&fixture),
+            [v1.hex()],
+            "no new version, no staging left"
+        );
     }
 
     #[test]

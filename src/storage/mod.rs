@@ -106,6 +106,33 @@ pub struct LayerStats {
 pub struct ModuleStore {
     root: PathBuf,
     limits: Limits,
+    gate: CommitGate,
+}
+
+/// Asked right before a commit renames a tree into `versions/` and before it swaps `dev`: a
+/// commit runs on a blocking thread that cannot be cancelled, so whoever may lose the right to
+/// write (a leader that lost its lease) says so here, and the commit stops short of the switch.
+#[derive(Clone, Default)]
+pub struct CommitGate(Option<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>);
+
+impl CommitGate {
+    pub fn new(open: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Self(Some(std::sync::Arc::new(open)))
+    }
+
+    fn is_open(&self) -> bool {
+        self.0.as_ref().is_none_or(|open| open())
+    }
+}
+
+impl std::fmt::Debug for CommitGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "CommitGate(set)"
+        } else {
+            "CommitGate(none)"
+        })
+    }
 }
 
 impl ModuleStore {
@@ -113,6 +140,22 @@ impl ModuleStore {
         Self {
             root: root.into(),
             limits,
+            gate: CommitGate::default(),
+        }
+    }
+
+    /// The same store, its commits asking `gate` before they switch anything in.
+    pub fn with_commit_gate(mut self, gate: CommitGate) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// Whether a commit may go on; [`StorageError::Cancelled`] otherwise.
+    pub(crate) fn may_commit(&self) -> Result<(), StorageError> {
+        if self.gate.is_open() {
+            Ok(())
+        } else {
+            Err(StorageError::Cancelled)
         }
     }
 
