@@ -111,7 +111,28 @@ pub async fn install(
     digest: &Digest,
     max_compressed_size: u64,
 ) -> Result<Report, InstallError> {
-    let downloaded = download(registry, store, image, digest, max_compressed_size, None).await?;
+    install_reporting(registry, store, image, digest, max_compressed_size, None).await
+}
+
+/// [`install`], telling `progress` of every chunk of layer data (the operator's liveness check
+/// counts a download that moves as progress).
+pub async fn install_reporting(
+    registry: &Registry,
+    store: &ModuleStore,
+    image: &ModuleRef,
+    digest: &Digest,
+    max_compressed_size: u64,
+    progress: Option<std::sync::Arc<dyn Progress>>,
+) -> Result<Report, InstallError> {
+    let downloaded = download(
+        registry,
+        store,
+        image,
+        digest,
+        max_compressed_size,
+        progress,
+    )
+    .await?;
     switch_in(downloaded, image, digest).await
 }
 

@@ -58,6 +58,7 @@ pub struct Metrics {
     renews: Mutex<HashMap<String, Instant>>,
     ready: AtomicBool,
     heartbeat: Mutex<Option<Instant>>,
+    work: Work,
 }
 
 /// How often the controller's heartbeat ticks, and how stale it may get before `/healthz` fails.
@@ -87,6 +88,7 @@ impl Metrics {
             renews: Mutex::default(),
             ready: AtomicBool::new(false),
             heartbeat: Mutex::default(),
+            work: Work::new(),
         };
         metrics.register_all();
         metrics
@@ -202,9 +204,36 @@ impl Metrics {
     }
 
     /// False once the heartbeat has not ticked for a minute (never before the first beat: the
-    /// process is still starting).
+    /// process is still starting), or once passes are in flight and none has made progress (a
+    /// pass started or ended, a chunk of layer data arrived) for the stall bound: a leader wedged
+    /// on a call that never returns is restarted rather than holding its lease and doing nothing.
     pub fn is_alive(&self) -> bool {
-        lock(&self.heartbeat).is_none_or(|at| at.elapsed() < HEARTBEAT_STALE)
+        self.liveness().is_ok()
+    }
+
+    /// `/healthz`'s answer: why the process is not alive, if it is not.
+    pub fn liveness(&self) -> Result<(), &'static str> {
+        if lock(&self.heartbeat).is_some_and(|at| at.elapsed() >= HEARTBEAT_STALE) {
+            return Err("wedged: the heartbeat stopped");
+        }
+        if self.work.stalled() {
+            return Err("wedged: passes are in flight and none made progress");
+        }
+        Ok(())
+    }
+
+    /// `--liveness-stall-timeout`: how long passes in flight may go without progress.
+    pub fn set_stall_bound(&self, bound: Duration) {
+        self.work
+            .stall_bound_ms
+            .store(duration_ms(bound), Ordering::Relaxed);
+    }
+
+    /// Counts a pass as in flight until the guard is dropped; both ends count as progress.
+    pub fn pass_in_flight(&self) -> PassInFlight<'_> {
+        self.work.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.work.progressed();
+        PassInFlight(&self.work)
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -320,5 +349,101 @@ mod tests {
             text.contains("mpo_renew_to_applied_seconds_count 1\n"),
             "{text}"
         );
+    }
+}
+
+/// Passes in flight and when any of them last made progress, for liveness. Atomics: layer data
+/// reports progress per chunk.
+struct Work {
+    base: Instant,
+    in_flight: std::sync::atomic::AtomicUsize,
+    last_progress_ms: std::sync::atomic::AtomicU64,
+    stall_bound_ms: std::sync::atomic::AtomicU64,
+}
+
+/// The default of `--liveness-stall-timeout`.
+pub const DEFAULT_STALL_BOUND: Duration = Duration::from_secs(600);
+
+impl Work {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            last_progress_ms: std::sync::atomic::AtomicU64::new(0),
+            stall_bound_ms: std::sync::atomic::AtomicU64::new(duration_ms(DEFAULT_STALL_BOUND)),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        duration_ms(self.base.elapsed())
+    }
+
+    fn progressed(&self) {
+        self.last_progress_ms
+            .fetch_max(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn stalled(&self) -> bool {
+        self.stalled_at(self.now_ms())
+    }
+
+    fn stalled_at(&self, now_ms: u64) -> bool {
+        let idle = now_ms.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed));
+        self.in_flight.load(Ordering::SeqCst) > 0
+            && idle > self.stall_bound_ms.load(Ordering::Relaxed)
+    }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// See [`Metrics::pass_in_flight`].
+pub struct PassInFlight<'a>(&'a Work);
+
+impl Drop for PassInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.progressed();
+    }
+}
+
+/// A download that moves is a pass making progress.
+impl crate::install::Progress for Metrics {
+    fn started(&self, _total_bytes: u64) {
+        self.work.progressed();
+    }
+
+    fn advanced(&self, _bytes: u64) {
+        self.work.progressed();
+    }
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_work_without_progress_past_the_bound_is_a_stall() {
+        let metrics = Metrics::new();
+        metrics.set_stall_bound(Duration::from_secs(10));
+        let work = &metrics.work;
+        let later = |secs: u64| work.now_ms() + secs * 1000;
+        assert!(
+            !work.stalled_at(later(3600)),
+            "idle with nothing in flight is fine"
+        );
+        let pass = metrics.pass_in_flight();
+        assert!(!work.stalled_at(later(5)));
+        assert!(
+            work.stalled_at(later(11)),
+            "in flight, no progress for 11 s"
+        );
+        // Layer data arriving is progress.
+        crate::install::Progress::advanced(&metrics, 4096);
+        assert!(!work.stalled_at(later(5)));
+        drop(pass);
+        assert!(!work.stalled_at(later(3600)), "nothing in flight any more");
+        assert!(metrics.liveness().is_ok());
     }
 }

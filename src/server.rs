@@ -43,8 +43,10 @@ async fn respond<B>(
     metrics: Arc<Metrics>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body) = match req.uri().path() {
-        "/healthz" if metrics.is_alive() => (StatusCode::OK, "ok\n".to_owned()),
-        "/healthz" => (StatusCode::SERVICE_UNAVAILABLE, "wedged\n".to_owned()),
+        "/healthz" => match metrics.liveness() {
+            Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        },
         "/readyz" if metrics.is_ready() => (StatusCode::OK, "ready\n".to_owned()),
         "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned()),
         "/metrics" => (StatusCode::OK, metrics.render()),

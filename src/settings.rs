@@ -58,6 +58,11 @@ pub struct Settings {
     #[arg(long, env = "MPO_SHUTDOWN_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// `/healthz` fails when passes are in flight and none has made progress (a pass started or
+    /// ended, layer data arrived) for this long, so that the kubelet restarts a wedged replica.
+    #[arg(long, env = "MPO_LIVENESS_STALL_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub liveness_stall_timeout: Duration,
+
     /// Take a Lease before reconciling, so that only one replica works at a time.
     #[arg(long, env = "MPO_LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set)]
     pub leader_election: bool,

@@ -360,6 +360,44 @@ async fn a_blob_whose_connection_breaks_once_is_resumed_from_where_it_stopped() 
     assert_eq!(blob.len(), 512 * 1024, "the whole layer arrived, verified");
 }
 
+/// A pass that hangs with no progress (here a body that never sends a byte, under a read
+/// timeout longer than the stall bound) makes `/healthz` fail, so the kubelet restarts the
+/// replica instead of leaving a leader that holds its lease and does nothing.
+#[tokio::test]
+async fn liveness_fails_while_passes_are_in_flight_and_none_makes_progress() {
+    let _cluster = require_cluster!();
+    let (mut s, proxy) = through_proxy(
+        "fault-wedged",
+        &["--liveness-stall-timeout=3s", "--registry-read-timeout=10m"],
+    )
+    .await;
+    let module = format!("{}-m", s.id.0);
+    s.push(&module, "dev", &ModuleImage::module(&module, 900, "a"))
+        .await;
+    assert_eq!(
+        s.operator.http_get("/healthz").map(|(code, _)| code),
+        Some(200),
+        "alive while idle"
+    );
+    proxy.fail(&blobs_of(&module), Fault::Stall);
+    s.apply_mpo(&module, "dev", "1h");
+    wait_for("the download to hang", WAIT, || async {
+        s.operator.log().contains("downloading").then_some(())
+    })
+    .await;
+    let (code, body) = wait_for("/healthz to fail", WAIT, || async {
+        s.operator
+            .http_get("/healthz")
+            .filter(|(code, _)| *code == 503)
+    })
+    .await;
+    assert_eq!(code, 503);
+    assert_eq!(
+        body.trim(),
+        "wedged: passes are in flight and none made progress"
+    );
+}
+
 #[tokio::test]
 async fn a_stalled_body_times_out_and_does_not_hold_up_another_override() {
     let cluster = require_cluster!();

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     Digest,
     crd::{ModulePullOverride, ModuleSource},
-    install::install,
+    install::install_reporting,
     registry::{ModuleRef, Registry},
 };
 
@@ -58,6 +58,7 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
     };
 
     let started = Instant::now();
+    let _in_flight = ctx.metrics.pass_in_flight();
     let outcome = tokio::select! {
         // A lost lease drops the pass (its staging directory goes with it) before it writes.
         () = ctx.fence.cancelled() => return Ok(Action::await_change()),
@@ -211,9 +212,16 @@ async fn try_pass(
         "resolved a digest to download"
     );
     let max_compressed = ctx.settings.limits.max_compressed_size;
-    let report = install(&registry, &ctx.store, &image, &digest, max_compressed)
-        .await
-        .map_err(|cause| PassError::install(&image, &digest, cause))?;
+    let report = install_reporting(
+        &registry,
+        &ctx.store,
+        &image,
+        &digest,
+        max_compressed,
+        Some(ctx.metrics.clone()),
+    )
+    .await
+    .map_err(|cause| PassError::install(&image, &digest, cause))?;
     ctx.metrics.installed(&report);
     Ok(Outcome::InSync {
         // The same digest downloaded again (an empty disk, a forced renew without a new digest)
@@ -240,7 +248,17 @@ async fn restore_recorded(
     }
     info!(mpo = %image.module(), digest = %recorded, "restoring the recorded digest onto this disk");
     let max_compressed = ctx.settings.limits.max_compressed_size;
-    match install(registry, &ctx.store, image, recorded, max_compressed).await {
+    let progress = Some(ctx.metrics.clone() as std::sync::Arc<dyn crate::install::Progress>);
+    match install_reporting(
+        registry,
+        &ctx.store,
+        image,
+        recorded,
+        max_compressed,
+        progress,
+    )
+    .await
+    {
         Ok(report) => ctx.metrics.installed(&report),
         Err(err) => {
             warn!(mpo = %image.module(), digest = %recorded, "cannot restore the recorded digest: {err}")

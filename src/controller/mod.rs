@@ -103,6 +103,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     // apiserver is ready too, so that a rollout (which waits for new pods to be Ready) completes.
     metrics.set_leader(false);
     metrics.set_ready(settings.leader_election);
+    metrics.set_stall_bound(settings.liveness_stall_timeout);
     let heartbeat = tokio::spawn(beat(metrics.clone()));
     let store = ModuleStore::new(
         &settings.download_dir,
