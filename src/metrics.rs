@@ -45,6 +45,7 @@ fn seconds_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     passes: Family<ResultLabel, Counter>,
+    restores: Family<ResultLabel, Counter>,
     pass_seconds: HistogramFamily<ResultLabel>,
     registry_requests: Family<RequestLabels, Counter>,
     registry_seconds: HistogramFamily<RequestLabels>,
@@ -76,6 +77,7 @@ impl Metrics {
         let mut metrics = Self {
             registry: Registry::default(),
             passes: Family::default(),
+            restores: Family::default(),
             pass_seconds: Family::new_with_constructor(seconds_histogram),
             registry_requests: Family::default(),
             registry_seconds: Family::new_with_constructor(seconds_histogram),
@@ -96,6 +98,11 @@ impl Metrics {
 
     fn register_all(&mut self) {
         let r = &mut self.registry;
+        r.register(
+            "mpo_restores",
+            "Recorded digests a new leader restored onto its disk before its first passes, by result (restored, failed)",
+            self.restores.clone(),
+        );
         r.register(
             "mpo_reconciles",
             "Passes over ModulePullOverrides by result (Updated, Unchanged or a failure reason)",
@@ -146,6 +153,11 @@ impl Metrics {
             self.leader.clone(),
         );
         r.register_collector(Box::new(self.last_checks.clone()));
+    }
+
+    /// One recorded digest restored (`restored`) or not (`failed`) at a new leader's start.
+    pub fn restore_done(&self, result: &'static str) {
+        self.restores.get_or_create(&ResultLabel { result }).inc();
     }
 
     pub fn reconciled(&self, result: &'static str, took: Duration) {

@@ -259,6 +259,73 @@ async fn a_new_pod_restores_the_recorded_digest_when_the_tag_is_gone_or_broken()
     }
 }
 
+/// A new leader restores every recorded digest before its first pass, listed or not (SPEC §3
+/// "even if the tag is gone"): here the source's scan no longer lists the module, so its own
+/// pass refuses to go on, yet the disk gets the module the status records. Before, the restore
+/// ran inside the pass, after the listing check, and the new disk stayed empty.
+#[tokio::test]
+async fn a_new_leader_restores_every_recorded_digest_first_even_of_a_module_no_longer_listed() {
+    let cluster = require_cluster!();
+    let module = "restore-unlisted";
+    let mut s = Scenario::start(
+        cluster,
+        "restore-first",
+        RegistryKind::Plain,
+        &[module],
+        &["--source-scan-interval", "2s"],
+    )
+    .await;
+    let image = ModuleImage::module(module, 900, "kept");
+    let digest = s.push(module, "dev", &image).await;
+    s.apply_mpo(module, "dev", "2s");
+    s.wait_for_digest(module, &digest, WAIT).await;
+
+    // The source now lists another module only, and the status says so before the restart.
+    let root_tag = s.registry.data_dir().join(format!(
+        "docker/registry/v2/repositories/{REPO_PATH}/_manifests/tags/{module}"
+    ));
+    std::fs::remove_dir_all(&root_tag).expect("root tag removed from the registry's storage");
+    support::images::push_module_names(&s.registry, REPO_PATH, &["restore-other"])
+        .await
+        .expect("push the other module name");
+    s.wait_for_message(module, "is not in ModuleSource", WAIT)
+        .await;
+    assert_eq!(s.operator.stop(), Some(0), "SIGTERM exits 0");
+    std::fs::remove_dir_all(s.operator.download_root()).expect("wipe");
+    s.operator.restart();
+
+    wait_for("the recorded digest restored", WAIT, || async {
+        (s.active_hex(module).as_deref() == digest.strip_prefix("sha256:")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        files_under(&s.version_dir(module, &digest)),
+        sorted(image.files())
+    );
+    let reason = s.mpo(module)["status"]["conditions"][0]["reason"].clone();
+    assert_eq!(
+        reason,
+        "ModuleNotInSource",
+        "its own pass refuses: {}",
+        s.mpo(module)
+    );
+    let log = s.operator.log();
+    let first = log
+        .find("restoring the recorded digests onto this disk before the first passes")
+        .expect("the restore is logged");
+    let done = log
+        .find("recorded digests restored; passes start")
+        .expect("its end is logged");
+    assert!(first < done);
+    let metrics = s.operator.http_get("/metrics").expect("metrics").1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "mpo_restores_total{result=\"restored\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// SPEC §9: a status write depends on what its pass read. An object changed while the pass
 /// downloads (here a label; in HA, a newer leader's result) makes the apiserver refuse the stale
 /// write (409); the pass is redone on the newer object and records what is already on disk,

@@ -9,6 +9,7 @@ pub mod flags;
 mod leader;
 mod listing;
 mod reconcile;
+mod restore;
 mod scan;
 pub mod schedule;
 mod source;
@@ -223,6 +224,8 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
         stop.clone(),
     ));
     ctx.metrics.set_ready(true);
+    // Every recorded digest onto this disk first (listed or not), then the normal passes.
+    restore::restore_recorded_first(&ctx, &stop).await;
     let overrides = override_controller(
         mpo_controller,
         woken,
