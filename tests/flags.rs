@@ -189,3 +189,71 @@ async fn a_source_with_more_modules_than_one_object_holds_says_so_once_and_its_o
     assert!(repeats >= 2, "the later scans met the same refusal:\n{log}");
     assert_eq!(s.status_str(&module, "message").as_deref(), Some(""));
 }
+
+/// `--watch-selector` shards: two operators, each with its own MPOs, over one ModuleSource that
+/// both watch. Each writes its flags under a field manager of its own, so one shard's apply of
+/// its whole set never erases the other's; under one shared manager, every write of shard A
+/// dropped shard B's flag.
+#[tokio::test]
+async fn two_shards_over_one_source_keep_each_others_flags() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(cluster, "shards", RegistryKind::Plain, &[], &[]).await;
+    s.operator.kill();
+    let id = s.id.0.clone();
+    let (x, y, z) = (format!("{id}-x"), format!("{id}-y"), format!("{id}-z"));
+    for module in [&x, &y, &z] {
+        s.push(
+            module,
+            "dev",
+            &support::images::ModuleImage::module(module, 900, "1"),
+        )
+        .await;
+    }
+    cluster.kubectl_ok(&["label", "ms", &s.source, "shard=common"]);
+    let shard = |name: &str| format!("mpo-test={id},shard in ({name},common)");
+    let flags = ["--scan-module-sources=false"];
+    let a = support::operator::Operator::start_selecting(cluster, &shard("a"), &flags);
+    let mut b = support::operator::Operator::start_selecting(cluster, &shard("b"), &flags);
+    let label = |module: &str, shard: &str| {
+        cluster.kubectl_ok(&["label", "mop", module, &format!("shard={shard}")]);
+    };
+    s.apply_mpo(&x, "dev", "1h");
+    label(&x, "a");
+    s.apply_mpo(&y, "dev", "1h");
+    label(&y, "b");
+    wait_for("both shards' flags", WAIT, || async {
+        let source = s.source_object();
+        (flagged(&source, &x) && flagged(&source, &y)).then_some(())
+    })
+    .await;
+
+    // Shard A writes its set again ({x, z}); shard B's flag for y stays.
+    s.apply_mpo(&z, "dev", "1h");
+    label(&z, "a");
+    wait_for("shard a's new flag", WAIT, || async {
+        flagged(&s.source_object(), &z).then_some(())
+    })
+    .await;
+    let source = s.source_object();
+    assert!(
+        flagged(&source, &y),
+        "shard b's flag survived: {}",
+        source["status"]
+    );
+    assert!(flagged(&source, &x));
+    let managers = status_managers(&s.source_named(&s.source));
+    let shard_managers: Vec<&String> = managers
+        .iter()
+        .filter(|m| m.starts_with("mpo-operator-flags-"))
+        .collect();
+    assert_eq!(
+        shard_managers.len(),
+        2,
+        "one manager per shard: {managers:?}"
+    );
+    // Shard a takes every override over, so that the scenario's cleanup finds their finalizers
+    // handled.
+    b.kill();
+    cluster.kubectl_ok(&["label", "--overwrite", "mop", &y, "shard=a"]);
+    s.operator = a;
+}

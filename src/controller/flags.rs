@@ -54,6 +54,18 @@ pub struct Flags {
     /// Set when the writer has returned (stop, lost lease): nobody will flush any more, so a
     /// deletion must not wait for it.
     stopped: std::sync::atomic::AtomicBool,
+    /// This operator's field manager of the flags ([`super::listing::flags_manager_for`]).
+    manager: String,
+}
+
+impl Flags {
+    /// A writer whose applies go under `manager`.
+    pub fn with_manager(manager: String) -> Self {
+        Self {
+            manager,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for Flags {
@@ -63,6 +75,7 @@ impl Default for Flags {
             wake: Notify::new(),
             progress: tokio::sync::watch::Sender::new(0),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            manager: FLAGS_FIELD_MANAGER.to_owned(),
         }
     }
 }
@@ -426,12 +439,12 @@ async fn flush(
         .written
         .get(name)
         .cloned()
-        .unwrap_or_else(|| owned_flags(&source, FLAGS_FIELD_MANAGER));
+        .unwrap_or_else(|| owned_flags(&source, &flags.manager));
     let legacy = legacy_managers(&source);
     if desired == current && legacy.is_empty() {
         return Ok(());
     }
-    let params = PatchParams::apply(FLAGS_FIELD_MANAGER).force();
+    let params = PatchParams::apply(&flags.manager).force();
     match api
         .patch_status(name, &params, &Patch::Apply(flags_apply_body(&desired)))
         .await

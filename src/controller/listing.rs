@@ -24,10 +24,27 @@ pub const FLAGS_FIELD_MANAGER: &str = "mpo-operator-flags";
 /// Field managers of earlier versions (one per MPO); their fields are given up on first contact.
 pub const LEGACY_FLAGS_MANAGER_PREFIX: &str = "mpo-operator-override-";
 
-/// Whether `manager` writes flags (this version's or an earlier one's), so owning an entry does
-/// not make it listed.
+/// Whether `manager` writes flags (this version's, a shard's, or an earlier version's), so
+/// owning an entry does not make it listed.
 pub fn is_flags_manager(manager: &str) -> bool {
-    manager == FLAGS_FIELD_MANAGER || manager.starts_with(LEGACY_FLAGS_MANAGER_PREFIX)
+    manager == FLAGS_FIELD_MANAGER
+        || manager
+            .strip_prefix(FLAGS_FIELD_MANAGER)
+            .is_some_and(|rest| rest.starts_with('-'))
+        || manager.starts_with(LEGACY_FLAGS_MANAGER_PREFIX)
+}
+
+/// The field manager of this operator's flags: [`FLAGS_FIELD_MANAGER`], or with `--watch-selector`
+/// one per shard (`mpo-operator-flags-<hash of the selector>`). Each apply sets the whole set of
+/// its manager, so two shards under one manager would erase each other's flags on one source.
+pub fn flags_manager_for(watch_selector: &str) -> String {
+    use sha2::Digest as _;
+    let normalized: String = watch_selector.split_whitespace().collect();
+    if normalized.is_empty() {
+        return FLAGS_FIELD_MANAGER.to_owned();
+    }
+    let hash = sha2::Sha256::digest(normalized.as_bytes());
+    format!("{FLAGS_FIELD_MANAGER}-{}", &hex::encode(hash)[..12])
 }
 
 /// Whether the source has been scanned: only then can it miss a module.
@@ -133,6 +150,30 @@ pub fn list_key_name(key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_shard_writes_its_flags_under_a_manager_of_its_own() {
+        assert_eq!(flags_manager_for(""), FLAGS_FIELD_MANAGER);
+        assert_eq!(flags_manager_for("  "), FLAGS_FIELD_MANAGER);
+        let a = flags_manager_for("team=a");
+        let b = flags_manager_for("team=b");
+        assert_ne!(a, b);
+        assert_eq!(a, flags_manager_for(" team = a "), "spaces do not matter");
+        assert!(
+            a.starts_with("mpo-operator-flags-") && a.len() <= 128,
+            "{a}"
+        );
+        for manager in [
+            a.as_str(),
+            b.as_str(),
+            FLAGS_FIELD_MANAGER,
+            "mpo-operator-override-echo",
+        ] {
+            assert!(is_flags_manager(manager), "{manager}");
+        }
+        assert!(!is_flags_manager("mpo-operator-flagsx"));
+        assert!(!is_flags_manager("mpo-operator"));
+    }
     use crate::crd::test_source_listing;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 

@@ -25,8 +25,17 @@ impl Operator {
         Self::start_as(&cluster.kubeconfig, id, extra)
     }
 
+    /// Starts an operator that watches `selector` instead of the test's own label (a shard).
+    pub fn start_selecting(cluster: &Cluster, selector: &str, extra: &[&str]) -> Self {
+        Self::start_inner(&cluster.kubeconfig, selector, extra)
+    }
+
     /// Starts the operator authenticated by `kubeconfig` (e.g. a ServiceAccount token's).
     pub fn start_as(kubeconfig: &Path, id: &TestId, extra: &[&str]) -> Self {
+        Self::start_inner(kubeconfig, &id.label(), extra)
+    }
+
+    fn start_inner(kubeconfig: &Path, selector: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let download_dir = dir.path().join("downloaded");
         let port = TcpListener::bind("127.0.0.1:0")
@@ -41,7 +50,7 @@ impl Operator {
             "--metrics-addr".into(),
             metrics_addr.clone(),
             "--watch-selector".into(),
-            id.label(),
+            selector.to_owned(),
         ];
         if !extra.iter().any(|a| a.starts_with("--log-level")) {
             args.extend(["--log-level".into(), "info,mpo_operator=debug".into()]);
