@@ -501,6 +501,49 @@ async fn a_leader_cut_off_from_the_apiserver_stops_and_the_standby_takes_over() 
     s.operator = second;
 }
 
+/// A leader (with `extra` flags) in the middle of downloading a module of `size` bytes that the
+/// fault proxy sends at 128 KiB/s.
+struct SlowDownload {
+    s: Scenario,
+    lease_name: String,
+    proxy: FaultProxy,
+    leader: Operator,
+    module: String,
+}
+
+async fn leading_a_slow_download(
+    cluster: &'static support::Cluster,
+    test: &str,
+    extra: &[&str],
+    size: usize,
+) -> SlowDownload {
+    let (mut s, lease_name) = leader_scenario(cluster, test).await;
+    let proxy = FaultProxy::start(&s.registry);
+    s.route_source_through(proxy.host());
+    let mut flags = lease_flags(&lease_name).to_vec();
+    flags.extend_from_slice(extra);
+    let leader = Operator::start(cluster, &s.id, &flags);
+    wait_for("the replica to lead", WAIT, || async {
+        leads(&leader).then_some(())
+    })
+    .await;
+    let module = format!("{}-slow", s.id.0);
+    s.push(&module, "dev", &large_module(&module, size)).await;
+    proxy.fail("/blobs/", Fault::Slow(128 * 1024));
+    s.apply_mpo(&module, "dev", "1h");
+    wait_for("the download to start", WAIT, || async {
+        leader.log().contains("downloading").then_some(())
+    })
+    .await;
+    SlowDownload {
+        s,
+        lease_name,
+        proxy,
+        leader,
+        module,
+    }
+}
+
 /// Faults that overlap: SIGTERM starts a graceful drain of a long download, then the lease is
 /// taken by someone else while the drain goes on. The fence stays armed after SIGTERM: the
 /// draining pass is dropped and the old leader writes nothing more (the audit log says so);
@@ -508,25 +551,14 @@ async fn a_leader_cut_off_from_the_apiserver_stops_and_the_standby_takes_over() 
 #[tokio::test]
 async fn a_leader_draining_after_sigterm_is_still_fenced_when_it_loses_the_lease() {
     let cluster = require_cluster!();
-    let (mut s, lease_name) = leader_scenario(cluster, "drain-fence").await;
-    let proxy = FaultProxy::start(&s.registry);
-    s.route_source_through(proxy.host());
-    let lease = lease_flags(&lease_name);
-    let mut leader = Operator::start(cluster, &s.id, &lease);
-    wait_for("the replica to lead", WAIT, || async {
-        leads(&leader).then_some(())
-    })
-    .await;
     // 2 MiB at 128 KiB/s: a download of about 16 s, long enough to overlap both faults.
-    let module = format!("{}-slow", s.id.0);
-    s.push(&module, "dev", &large_module(&module, 2 << 20))
-        .await;
-    proxy.fail("/blobs/", Fault::Slow(128 * 1024));
-    s.apply_mpo(&module, "dev", "1h");
-    wait_for("the download to start", WAIT, || async {
-        leader.log().contains("downloading").then_some(())
-    })
-    .await;
+    let SlowDownload {
+        mut s,
+        lease_name,
+        proxy: _proxy,
+        mut leader,
+        module,
+    } = leading_a_slow_download(cluster, "drain-fence", &[], 2 << 20).await;
     let agent = format!("({})", replica_identity(&leader));
     let pid = leader.pid().expect("running").to_string();
     let term = std::process::Command::new("kill")
@@ -598,26 +630,14 @@ async fn a_leader_draining_after_sigterm_is_still_fenced_when_it_loses_the_lease
 #[tokio::test]
 async fn a_drain_longer_than_the_shutdown_timeout_is_cut_and_the_lease_released() {
     let cluster = require_cluster!();
-    let (mut s, lease_name) = leader_scenario(cluster, "drain-bound").await;
-    let proxy = FaultProxy::start(&s.registry);
-    s.route_source_through(proxy.host());
-    let mut flags = lease_flags(&lease_name).to_vec();
-    flags.push("--shutdown-timeout=3s");
-    let mut leader = Operator::start(cluster, &s.id, &flags);
-    wait_for("the replica to lead", WAIT, || async {
-        leads(&leader).then_some(())
-    })
-    .await;
     // 8 MiB at 128 KiB/s: about a minute, far beyond the 3 s bound.
-    let module = format!("{}-slow", s.id.0);
-    s.push(&module, "dev", &large_module(&module, 8 << 20))
-        .await;
-    proxy.fail("/blobs/", Fault::Slow(128 * 1024));
-    s.apply_mpo(&module, "dev", "1h");
-    wait_for("the download to start", WAIT, || async {
-        leader.log().contains("downloading").then_some(())
-    })
-    .await;
+    let SlowDownload {
+        mut s,
+        lease_name,
+        proxy: _proxy,
+        mut leader,
+        module,
+    } = leading_a_slow_download(cluster, "drain-bound", &["--shutdown-timeout=3s"], 8 << 20).await;
     let asked = std::time::Instant::now();
     let code = leader.stop();
     let took = asked.elapsed();

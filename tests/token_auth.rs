@@ -373,7 +373,12 @@ async fn a_token_server_failing_near_the_end_of_a_token_s_life_is_bridged_by_the
 
 /// The operator's own client, straight against the token registry (no cluster needed).
 fn direct_client(reg: &TestRegistry) -> (Registry, RepoName) {
-    let repo = RepoName::parse(&format!("{}/deckhouse/modules", reg.host())).expect("repo");
+    direct_client_at(reg, reg.host())
+}
+
+/// [`direct_client`] through `host` (e.g. a fault proxy in front of the registry).
+fn direct_client_at(reg: &TestRegistry, host: &str) -> (Registry, RepoName) {
+    let repo = RepoName::parse(&format!("{host}/deckhouse/modules")).expect("repo");
     let (user, password) = reg.credentials().expect("credentials");
     let config = RegistryConfig {
         repo: repo.clone(),
@@ -443,21 +448,7 @@ async fn a_bearer_challenge_is_taken_after_a_basic_one_in_any_case_with_each_sco
             ),
         },
     );
-    let repo = RepoName::parse(&format!("{}/deckhouse/modules", proxy.host())).expect("repo");
-    let (user, password) = reg.credentials().expect("credentials");
-    let registry = Registry::new(&RegistryConfig {
-        repo: repo.clone(),
-        transport: Transport::Http,
-        ca_pem: None,
-        credentials: mpo_operator::registry::RegistryCredentials::Basic {
-            username: user.to_owned(),
-            password: password.to_owned(),
-        },
-        connect_timeout: Duration::from_secs(5),
-        read_timeout: Duration::from_secs(10),
-        min_download_rate: 64 * 1024,
-    })
-    .expect("client");
+    let (registry, repo) = direct_client_at(&reg, proxy.host());
     let image = ModuleRef::new(repo, "echo", "v1").expect("reference");
     let digest = registry
         .resolve(&image)

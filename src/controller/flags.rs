@@ -97,6 +97,8 @@ struct State {
     written: HashMap<String, BTreeSet<String>>,
     /// Per source: marks, pacing and failures.
     pace: HashMap<String, Pace>,
+    /// Per source: the uid last seen, to tell a source deleted and re-created under its name.
+    uids: HashMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -252,6 +254,33 @@ impl Flags {
             }
         };
         tokio::time::timeout(within, synced).await.unwrap_or(false)
+    }
+
+    /// Every version of a source the watch delivers: the writer's memory of what it wrote is
+    /// checked against what the apiserver has. A source re-created under its name (a new uid) is
+    /// a new source, whatever was written to the old one; flags another writer removed or
+    /// changed (a foreign status update) differ from what this writer owns. Either way the memory
+    /// is dropped and the source written again from managedFields, at once rather than at the
+    /// 5-minute resync.
+    pub fn observed(&self, source: &ModuleSource) {
+        let name = source.name_any();
+        let uid = source.uid().unwrap_or_default();
+        let mut state = self.lock();
+        let recreated = state
+            .uids
+            .insert(name.clone(), uid.clone())
+            .is_some_and(|old| old != uid);
+        let drifted = state
+            .written
+            .get(&name)
+            .is_some_and(|written| *written != owned_flags(source, &self.manager));
+        if recreated || drifted {
+            debug!(source = %name, recreated, drifted, "the source's flags differ from what was written; writing them again");
+            state.written.remove(&name);
+            state.mark(&name, false);
+            drop(state);
+            self.wake.notify_one();
+        }
     }
 
     /// Something about the source changed that may change its set (its listing).
@@ -579,6 +608,48 @@ mod tests {
         ]);
         assert_eq!(owned_flags(&s, FLAGS_FIELD_MANAGER), set(&["a"]));
         assert_eq!(legacy_managers(&s), vec!["mpo-operator-override-old"]);
+    }
+
+    #[test]
+    fn a_foreign_change_or_a_recreated_source_is_written_again_at_once() {
+        let flags = Flags::default();
+        let owning = |uid: &str, owned: &[&str]| {
+            let mut s = source(Some(&["a", "b"]));
+            s.metadata.uid = Some(uid.into());
+            let modules: serde_json::Map<String, Value> = owned
+                .iter()
+                .map(|m| {
+                    (
+                        format!("k:{}", json!({ "name": m })),
+                        json!({".": {}, "f:name": {}, "f:overridden": {}}),
+                    )
+                })
+                .collect();
+            s.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+                manager: Some(FLAGS_FIELD_MANAGER.into()),
+                subresource: Some("status".into()),
+                fields_v1: Some(FieldsV1(json!({"f:status": {"f:modules": modules}}))),
+                ..Default::default()
+            }]);
+            s
+        };
+        let name = owning("u1", &[]).name_any();
+        flags.observed(&owning("u1", &["a"]));
+        flags.lock().written.insert(name.clone(), set(&["a"]));
+        flags.lock().dirty.clear();
+        // Our own write echoed back: nothing to do.
+        flags.observed(&owning("u1", &["a"]));
+        assert!(flags.lock().dirty.is_empty());
+        // Another writer took our flag away.
+        flags.observed(&owning("u1", &[]));
+        assert!(flags.lock().dirty.contains_key(&name));
+        assert!(!flags.lock().written.contains_key(&name), "memory dropped");
+        // Deleted and re-created under the same name: a new source.
+        flags.lock().written.insert(name.clone(), set(&["a"]));
+        flags.lock().dirty.clear();
+        flags.observed(&owning("u2", &["a"]));
+        assert!(flags.lock().dirty.contains_key(&name));
+        assert!(!flags.lock().written.contains_key(&name));
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub async fn scan_source(
 ) -> Result<Action, ControllerError> {
     let name = source.name_any();
     let key = format!("source/{name}");
-    let generation = source.metadata.generation.unwrap_or_default() as u64;
+    let generation = scan_fingerprint(&source);
     let now = Instant::now();
     if let Some(last) = ctx
         .last_check(&key)
@@ -78,6 +78,16 @@ pub async fn scan_source(
         },
     );
     Ok(Action::requeue(wait))
+}
+
+/// What makes a scan due before its interval: a new spec (generation) or a new object under
+/// the same name (uid): a source deleted and re-created starts at generation 1 again.
+fn scan_fingerprint(source: &ModuleSource) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    source.metadata.uid.hash(&mut hasher);
+    source.metadata.generation.hash(&mut hasher);
+    hasher.finish()
 }
 
 enum Written {

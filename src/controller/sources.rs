@@ -71,6 +71,7 @@ impl SourceWatch {
             match event {
                 Ok(watcher::Event::Init) => relisted = Some(HashMap::new()),
                 Ok(watcher::Event::InitApply(source)) => {
+                    flags.observed(&source);
                     let view = SourceView::of(&source);
                     relisted
                         .get_or_insert_with(HashMap::new)
@@ -84,6 +85,7 @@ impl SourceWatch {
                     views = fresh;
                 }
                 Ok(watcher::Event::Apply(source)) => {
+                    flags.observed(&source);
                     let view = SourceView::of(&source);
                     let old = views.insert(source.name_any(), view.clone());
                     on_change(
