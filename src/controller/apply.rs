@@ -11,10 +11,11 @@ use tracing::{debug, info, warn};
 
 use super::{
     Context, ControllerError, PassError,
+    rules::renew::{self, Renew},
     schedule::{self, Decision, PassResult},
     source::{check_module_listed, registry_for},
     status::{self, Outcome},
-    triggers::{self, Renew},
+    triggers,
 };
 use crate::{
     Digest,
@@ -41,7 +42,7 @@ pub async fn apply(mpo: Arc<ModulePullOverride>, ctx: &Context) -> Result<Action
     let fingerprint = triggers::fingerprint(&mpo, source.as_deref());
     let seen = schedule::Seen {
         fingerprint,
-        renew: triggers::renew_requested(&mpo),
+        renew: renew::renew_requested(&mpo),
         resource_version: mpo.metadata.resource_version.as_deref(),
         module_on_disk: active_digest_on_disk(ctx, &mpo, &name),
     };
@@ -349,7 +350,7 @@ async fn clear_renew(
     ctx: &Context,
     expected_version: Option<String>,
 ) -> Result<bool, ControllerError> {
-    let Some(mut patch) = triggers::renew_removal_patch(mpo) else {
+    let Some(mut patch) = renew::renew_removal_patch(mpo) else {
         return Ok(true);
     };
     if let Some(version) = expected_version {

@@ -32,7 +32,7 @@ pub struct Context {
     /// The single writer of the sources' `overridden` flags.
     pub flags: Arc<Flags>,
     /// Cancelled when the lease is lost: in-flight passes stop, and nothing writes after it.
-    pub fence: tokio_util::sync::CancellationToken,
+    pub fence: super::fence::Fence,
     /// Events waiting for the one task that publishes them (in order, off the passes' path).
     events: tokio::sync::mpsc::Sender<PendingEvent>,
     /// Queued and not yet published (or dropped), for the drain at shutdown.
@@ -55,7 +55,7 @@ async fn publish_events(
     mut queue: tokio::sync::mpsc::Receiver<PendingEvent>,
     client: Client,
     reporter: Reporter,
-    fence: tokio_util::sync::CancellationToken,
+    fence: super::fence::Fence,
     unpublished: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     loop {
@@ -91,7 +91,7 @@ impl Context {
         metrics: Arc<Metrics>,
         sources: Store<ModuleSource>,
         flags: Arc<Flags>,
-        fence: tokio_util::sync::CancellationToken,
+        fence: super::fence::Fence,
     ) -> Self {
         let reporter = Reporter {
             controller: "mpo-operator".into(),

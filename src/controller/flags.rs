@@ -31,9 +31,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use super::listing::{FLAGS_FIELD_MANAGER, is_flags_manager};
-use super::listing::{LEGACY_FLAGS_MANAGER_PREFIX, Listing, list_key_name};
-use super::{error::is_too_large, schedule::api_backoff};
+use super::error::is_too_large;
+pub use super::rules::listing::{FLAGS_FIELD_MANAGER, is_flags_manager};
+use super::rules::{
+    backoff::api_backoff,
+    listing::{LEGACY_FLAGS_MANAGER_PREFIX, Listing, list_key_name},
+};
 use crate::crd::{ModulePullOverride, ModuleSource};
 
 /// How long changes are gathered before a source is written.
@@ -54,7 +57,7 @@ pub struct Flags {
     /// Set when the writer has returned (stop, lost lease): nobody will flush any more, so a
     /// deletion must not wait for it.
     stopped: std::sync::atomic::AtomicBool,
-    /// This operator's field manager of the flags ([`super::listing::flags_manager_for`]).
+    /// This operator's field manager of the flags ([`super::rules::listing::flags_manager_for`]).
     manager: String,
 }
 
@@ -384,6 +387,7 @@ pub async fn run_writer(
     mpos: Store<ModulePullOverride>,
     sources: Store<ModuleSource>,
     stop: CancellationToken,
+    fence: super::fence::Fence,
 ) {
     let _stopped = StoppedOnReturn(flags.clone());
     let api = Api::<ModuleSource>::all(client);
@@ -405,14 +409,15 @@ pub async fn run_writer(
         }
         let due = flags.lock().take_due(Instant::now());
         for (name, mark) in due {
-            if stop.is_cancelled() {
+            if stop.is_cancelled() || fence.is_cancelled() {
                 return;
             }
             let started = Instant::now();
-            // Raced with `stop` (also a lost lease): no write may finish after it.
+            // Raced with `stop` and the fence (a lost lease): no write may finish after them.
             let flushed = tokio::select! {
                 flushed = flush(&flags, &api, &mpos, &sources, &name) => flushed,
                 () = stop.cancelled() => return,
+                () = fence.cancelled() => return,
             };
             let now = Instant::now();
             match flushed {

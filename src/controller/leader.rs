@@ -23,6 +23,7 @@ use kube::{
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
+use super::fence::LeaseValidity;
 use crate::settings::Settings;
 
 /// How long a lease is valid without renewal.
@@ -78,6 +79,7 @@ pub fn decide(observed: &Observed, identity: &str, now: Instant) -> Step {
 /// The held lease. [`Leadership::release`] hands it over at once instead of after it expires.
 pub struct Leadership {
     lost: watch::Receiver<bool>,
+    validity: LeaseValidity,
     renewer: JoinHandle<()>,
     lease: LeaseHandle,
 }
@@ -100,9 +102,10 @@ impl Leadership {
         };
         info!(lease = %lease.name, %namespace, identity = %lease.identity, "waiting to become the leader");
         let mut observed: Option<Observed> = None;
-        loop {
+        let taken_at = loop {
+            let sent = Instant::now();
             match lease.try_take(&mut observed).await {
-                Ok(true) => break,
+                Ok(true) => break sent,
                 Ok(false) => {}
                 Err(err) => warn!("{err}; trying again"),
             }
@@ -114,12 +117,19 @@ impl Leadership {
                 None => RETRY_PERIOD,
             };
             tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
-        }
+        };
         info!(identity = %lease.identity, "became the leader");
+        let validity = LeaseValidity::taken_at(taken_at, RENEW_DEADLINE);
         let (lost_tx, lost) = watch::channel(false);
-        let renewer = tokio::spawn(renew_until_lost(lease.clone(), lost_tx));
+        let renewer = tokio::spawn(renew_until_lost(
+            lease.clone(),
+            validity.clone(),
+            taken_at,
+            lost_tx,
+        ));
         Ok(Self {
             lost,
+            validity,
             renewer,
             lease,
         })
@@ -134,9 +144,15 @@ impl Leadership {
         }
     }
 
+    /// Until when this replica may write as the leader, on its own clock (for the fence).
+    pub fn validity(&self) -> LeaseValidity {
+        self.validity.clone()
+    }
+
     /// Gives the lease up so that another replica can take over without waiting for expiry.
     pub async fn release(self) {
         self.renewer.abort();
+        self.validity.end();
         if *self.lost.borrow() {
             return;
         }
@@ -150,26 +166,35 @@ impl Leadership {
 
 /// Renews every [`RETRY_PERIOD`]; reports the loss when another holder shows up, or when no
 /// renewal succeeded for [`RENEW_DEADLINE`] (checked on our own clock, each call bounded).
-async fn renew_until_lost(lease: LeaseHandle, lost: watch::Sender<bool>) {
-    let mut last_renewal = Instant::now();
+async fn renew_until_lost(
+    lease: LeaseHandle,
+    validity: LeaseValidity,
+    taken_at: Instant,
+    lost: watch::Sender<bool>,
+) {
+    let mut last_renewal = taken_at;
+    let lose = |why: &str| {
+        validity.end();
+        warn!("{why}");
+        lost.send_replace(true);
+    };
     loop {
         let deadline = last_renewal + RENEW_DEADLINE;
         let wait = RETRY_PERIOD.min(deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(wait).await;
         if Instant::now() >= deadline {
-            warn!(
-                deadline = ?RENEW_DEADLINE,
-                "the lease was not renewed within the renew deadline; stopping"
-            );
-            lost.send_replace(true);
+            lose("the lease was not renewed within the renew deadline; stopping");
             return;
         }
         let budget = CALL_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+        let sent = Instant::now();
         match tokio::time::timeout(budget, lease.renew()).await {
-            Ok(Ok(true)) => last_renewal = Instant::now(),
+            Ok(Ok(true)) => {
+                last_renewal = sent;
+                validity.extend_from(sent, RENEW_DEADLINE);
+            }
             Ok(Ok(false)) => {
-                warn!("another replica holds the lease now; stopping");
-                lost.send_replace(true);
+                lose("another replica holds the lease now; stopping");
                 return;
             }
             Ok(Err(err)) => debug!("renewing the lease failed: {err}"),

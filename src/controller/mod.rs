@@ -5,11 +5,12 @@ mod apply;
 mod cleanup;
 mod context;
 mod error;
+mod fence;
 pub mod flags;
 mod leader;
-mod listing;
 mod reconcile;
 mod restore;
+mod rules;
 mod scan;
 pub mod schedule;
 mod source;
@@ -140,7 +141,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     info!(dir = %settings.download_dir.display(), staging_removed = swept, "download directory ready");
     let stop = shutdown.child_token();
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let fence = CancellationToken::new();
+    let fence = fence::Fence::new(leadership.as_ref().map(leader::Leadership::validity));
     let shutdown_bound = tokio::spawn(fence_after_grace(
         shutdown.clone(),
         settings.shutdown_timeout,
@@ -158,9 +159,9 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     let scan = settings.scan_module_sources;
     let concurrency = settings.concurrency;
     let source_watch = sources::SourceWatch::new();
-    let flags = Arc::new(flags::Flags::with_manager(listing::flags_manager_for(
-        &settings.watch_selector,
-    )));
+    let flags = Arc::new(flags::Flags::with_manager(
+        rules::listing::flags_manager_for(&settings.watch_selector),
+    ));
     // A commit runs on a blocking thread that the fence cannot drop: it asks the fence itself
     // before it switches anything in.
     let store = store.with_commit_gate(crate::storage::CommitGate::new({
@@ -193,7 +194,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
                 mpos_synced.send_replace(true);
             }
             watcher::Event::Apply(mpo) | watcher::Event::InitApply(mpo)
-                if triggers::renew_requested(mpo) != triggers::Renew::None =>
+                if rules::renew::renew_requested(mpo) != rules::renew::Renew::None =>
             {
                 metrics.renew_seen(&mpo.name_any());
             }
@@ -224,6 +225,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
         mpos_synced_rx,
         ctx.sources.clone(),
         stop.clone(),
+        ctx.fence.clone(),
     ));
     ctx.metrics.set_ready(true);
     // Every recorded digest onto this disk first (listed or not), then the normal passes.
@@ -278,7 +280,7 @@ async fn beat(metrics: Arc<Metrics>) {
 async fn stop_when_lost(
     lost_lease: impl Future<Output = ()>,
     stop: CancellationToken,
-    fence: CancellationToken,
+    fence: fence::Fence,
     lost: Arc<std::sync::atomic::AtomicBool>,
 ) {
     lost_lease.await;
@@ -295,7 +297,7 @@ async fn stop_when_lost(
 async fn fence_after_grace(
     shutdown: CancellationToken,
     timeout: std::time::Duration,
-    fence: CancellationToken,
+    fence: fence::Fence,
 ) {
     shutdown.cancelled().await;
     tokio::time::sleep(timeout).await;
@@ -382,6 +384,7 @@ async fn flags_writer(
     mut mpos_synced: tokio::sync::watch::Receiver<bool>,
     sources: Store<ModuleSource>,
     stop: CancellationToken,
+    fence: fence::Fence,
 ) {
     tokio::select! {
         synced = mpos_synced.wait_for(|synced| *synced) => {
@@ -391,7 +394,7 @@ async fn flags_writer(
         }
         () = stop.cancelled() => return,
     }
-    flags::run_writer(flags, client, mpos, sources, stop).await;
+    flags::run_writer(flags, client, mpos, sources, stop, fence).await;
 }
 
 async fn override_controller(

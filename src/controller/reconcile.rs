@@ -11,7 +11,7 @@ use kube::{
 };
 use tracing::{debug, instrument, warn};
 
-use super::{Context, ControllerError, apply::apply, cleanup::cleanup, schedule};
+use super::{Context, ControllerError, apply::apply, cleanup::cleanup, rules};
 use crate::crd::{FINALIZER, ModulePullOverride};
 
 #[instrument(skip_all, fields(mpo = %mpo.name_any()))]
@@ -53,7 +53,7 @@ pub fn error_policy(
         return Action::requeue(Duration::from_secs(1));
     }
     let name = mpo.name_any();
-    let wait = schedule::api_backoff(ctx.api_failed(&name), &name);
+    let wait = rules::backoff::api_backoff(ctx.api_failed(&name), &name);
     warn!(mpo = %name, reason = err.reason(), ?wait, "reconcile failed: {err}");
     ctx.metrics.api_failed(err.reason());
     Action::requeue(wait)

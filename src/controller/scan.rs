@@ -12,9 +12,7 @@ use serde_json::{Value, json};
 use tracing::{debug, info, instrument, warn};
 
 use super::{
-    Context, ControllerError,
-    error::is_too_large,
-    schedule::{LastCheck, jittered},
+    Context, ControllerError, error::is_too_large, rules::backoff::jittered, schedule::LastCheck,
     source::registry_for,
 };
 use crate::crd::ModuleSource;
@@ -172,7 +170,7 @@ fn scan_status(source: &ModuleSource, listed: &Result<Vec<String>, String>) -> V
 
 /// The names the source lists now; entries that only carry a flag are not names to keep.
 fn known_modules(source: &ModuleSource) -> Vec<String> {
-    super::listing::Listing::of(source).names().to_vec()
+    super::rules::listing::Listing::of(source).names().to_vec()
 }
 
 pub fn scan_error_policy(

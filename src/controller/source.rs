@@ -2,7 +2,7 @@
 
 use kube::ResourceExt;
 
-use super::{Context, PassError, listing};
+use super::{Context, PassError, rules::listing};
 use crate::{
     crd::{ConnectSettings, DockerCfgError, ModuleSource, RegistrySpecError},
     registry::{Registry, RegistryConfig},

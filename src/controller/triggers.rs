@@ -1,49 +1,12 @@
-//! What makes a pass run: the renew annotations, the fingerprint of everything a pass depends
-//! on, and which MPOs a ModuleSource change must wake.
+//! What makes a pass run: the fingerprint of everything a pass depends on, and which MPOs a
+//! ModuleSource change must wake. (What a renew annotation asks is in [`super::rules::renew`].)
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use kube::ResourceExt;
-use serde_json::{Value, json};
 
-use super::listing::Listing;
-use crate::crd::{ModulePullOverride, ModuleSource, RENEW_ANNOTATION, RENEW_FORCE_ANNOTATION};
-
-/// What the user asked for with an annotation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Renew {
-    None,
-    /// `renew` (any value): check the tag now.
-    Check,
-    /// `modules.deckhouse.io/renew: "true"`: check now and download again even if unchanged.
-    Force,
-}
-
-pub fn renew_requested(mpo: &ModulePullOverride) -> Renew {
-    let annotations = mpo.annotations();
-    if annotations
-        .get(RENEW_FORCE_ANNOTATION)
-        .is_some_and(|v| v == "true")
-    {
-        Renew::Force
-    } else if annotations.contains_key(RENEW_ANNOTATION)
-        || annotations.contains_key(RENEW_FORCE_ANNOTATION)
-    {
-        Renew::Check
-    } else {
-        Renew::None
-    }
-}
-
-/// Merge patch removing whichever renew annotations are present, or `None` when there are none.
-pub fn renew_removal_patch(mpo: &ModulePullOverride) -> Option<Value> {
-    let present: serde_json::Map<String, Value> = [RENEW_ANNOTATION, RENEW_FORCE_ANNOTATION]
-        .into_iter()
-        .filter(|key| mpo.annotations().contains_key(*key))
-        .map(|key| (key.to_owned(), Value::Null))
-        .collect();
-    (!present.is_empty()).then(|| json!({ "metadata": { "annotations": present } }))
-}
+use super::rules::listing::{self, Listing};
+use crate::crd::{ModulePullOverride, ModuleSource};
 
 /// A hash of everything a pass reads from the API: the MPO's spec, the source's spec and
 /// whether the source lists the module. Status writes and the source's syncTime do not change it.
@@ -58,7 +21,7 @@ pub fn fingerprint(mpo: &ModulePullOverride, source: Option<&ModuleSource>) -> u
             .unwrap_or_default()
             .hash(&mut hasher);
         // Only whether this module is listed matters; other MPOs' entries must not retrigger it.
-        let listed = super::listing::admits(source, &mpo.name_any());
+        let listed = listing::admits(source, &mpo.name_any());
         listed.hash(&mut hasher);
     }
     hasher.finish()
@@ -111,40 +74,7 @@ pub fn mpos_to_wake<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::ModulePullOverrideSpec;
-
-    fn mpo(annotations: &[(&str, &str)]) -> ModulePullOverride {
-        let mut m = ModulePullOverride::new(
-            "echo",
-            ModulePullOverrideSpec {
-                image_tag: "t".into(),
-                source: "s".into(),
-                scan_interval: Default::default(),
-            },
-        );
-        m.metadata.annotations = Some(
-            annotations
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        );
-        m
-    }
-
-    #[test]
-    fn renew_annotations() {
-        assert_eq!(renew_requested(&mpo(&[])), Renew::None);
-        assert_eq!(renew_requested(&mpo(&[("renew", "")])), Renew::Check);
-        assert_eq!(
-            renew_requested(&mpo(&[(RENEW_FORCE_ANNOTATION, "true")])),
-            Renew::Force
-        );
-        assert_eq!(renew_removal_patch(&mpo(&[])), None);
-        assert_eq!(
-            renew_removal_patch(&mpo(&[("renew", ""), ("other", "x")])),
-            Some(json!({"metadata": {"annotations": {"renew": null}}}))
-        );
-    }
+    use crate::controller::rules::renew::tests::mpo;
 
     #[test]
     fn status_does_not_change_the_fingerprint() {
