@@ -3,6 +3,7 @@
 # does, and writes a kubeconfig. Usage:
 #   hack/control-plane.sh start DIR   # prints the kubeconfig path; DIR/pids lists the processes
 #   hack/control-plane.sh stop DIR    # stops exactly those processes
+#   hack/control-plane.sh restart-apiserver DIR   # the apiserver down and up again (chaos soak)
 # Binaries: $KUBEBUILDER_ASSETS (kube-apiserver, etcd, kubectl) if set, else the cached builds of
 # hack/k8s-bins.sh and hack/install-deps.sh.
 set -euo pipefail
@@ -77,26 +78,27 @@ rules:
   - group: coordination.k8s.io
 - level: None
 POLICY
-  log "starting kube-apiserver on 127.0.0.1:$api_port"
-  "$APISERVER" \
-    --audit-policy-file="$d/audit-policy.yaml" --audit-log-path="$d/audit.log" --audit-log-format=json \
-    --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --secure-port="$api_port" \
-    --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
-    --tls-cert-file="$d/pki/apiserver.crt" --tls-private-key-file="$d/pki/apiserver.key" --cert-dir="$d/pki" \
-    --client-ca-file="$d/pki/ca.crt" \
-    --token-auth-file="$d/tokens.csv" \
-    --authorization-mode=RBAC \
-    --service-account-issuer="https://127.0.0.1:$api_port" \
-    --service-account-key-file="$d/pki/sa.key" --service-account-signing-key-file="$d/pki/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 \
-    --disable-admission-plugins=ServiceAccount --allow-privileged=true \
-    --v=1 >"$d/kube-apiserver.log" 2>&1 &
-  echo $! >> "$d/pids"
-  # Authenticated: anonymous /readyz is refused until the RBAC bootstrap roles exist.
-  wait_until 120 kube-apiserver curl -sf --cacert "$d/pki/ca.crt" -H "Authorization: Bearer $token" \
-    "https://127.0.0.1:$api_port/readyz" || { tail -30 "$d/kube-apiserver.log" >&2; exit 1; }
-
+  # The apiserver's command line goes into a script of its own so that `restart-apiserver`
+  # (the chaos soak) starts it again exactly so.
+  cat > "$d/apiserver.sh" <<SCRIPT
+#!/usr/bin/env bash
+exec "$APISERVER" \\
+  --audit-policy-file="$d/audit-policy.yaml" --audit-log-path="$d/audit.log" --audit-log-format=json \\
+  --etcd-servers="http://127.0.0.1:$etcd_port" \\
+  --bind-address=127.0.0.1 --secure-port="$api_port" \\
+  --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \\
+  --tls-cert-file="$d/pki/apiserver.crt" --tls-private-key-file="$d/pki/apiserver.key" --cert-dir="$d/pki" \\
+  --client-ca-file="$d/pki/ca.crt" \\
+  --token-auth-file="$d/tokens.csv" \\
+  --authorization-mode=RBAC \\
+  --service-account-issuer="https://127.0.0.1:$api_port" \\
+  --service-account-key-file="$d/pki/sa.key" --service-account-signing-key-file="$d/pki/sa.key" \\
+  --service-cluster-ip-range=10.0.0.0/24 \\
+  --disable-admission-plugins=ServiceAccount --allow-privileged=true \\
+  --v=1
+SCRIPT
+  printf '%s %s\n' "$api_port" "$token" > "$d/apiserver.access"
+  launch_apiserver "$d"
   write_kubeconfig "$d" "$api_port" "$token"
   cat > "$d/env" <<ENV
 export KUBECONFIG=$d/kubeconfig
@@ -108,6 +110,30 @@ export PATH=$(dirname "$KUBECTL"):\$PATH
 ENV
   log "ready: KUBECONFIG=$d/kubeconfig"
   echo "$d/kubeconfig"
+}
+
+launch_apiserver() {
+  local d=$1 api_port token
+  read -r api_port token < "$d/apiserver.access"
+  log "starting kube-apiserver on 127.0.0.1:$api_port"
+  bash "$d/apiserver.sh" >>"$d/kube-apiserver.log" 2>&1 &
+  echo $! >> "$d/pids"
+  # Authenticated: anonymous /readyz is refused until the RBAC bootstrap roles exist.
+  wait_until 120 kube-apiserver curl -sf --cacert "$d/pki/ca.crt" -H "Authorization: Bearer $token" \
+    "https://127.0.0.1:$api_port/readyz" || { tail -30 "$d/kube-apiserver.log" >&2; exit 1; }
+}
+
+# Stops the apiserver (SIGTERM, as a rolling control-plane upgrade does) and starts it again on the
+# same port with the same flags; etcd keeps running.
+restart_apiserver() {
+  local d=$1 pid
+  d=$(cd "$d" && pwd)
+  pid=$(tail -1 "$d/pids")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  sed -i '$d' "$d/pids"
+  launch_apiserver "$d"
 }
 
 write_kubeconfig() {
@@ -146,6 +172,7 @@ stop() {
 
 case "${1:-}" in
   start) start "${2:?DIR}" ;;
+  restart-apiserver) restart_apiserver "${2:?DIR}" ;;
   stop) stop "${2:?DIR}" ;;
-  *) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart-apiserver DIR" >&2; exit 2 ;;
 esac

@@ -18,7 +18,11 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), TelemetryError> {
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(colours_wanted())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
@@ -30,4 +34,11 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), TelemetryError> {
             .try_init(),
     };
     result.map_err(|_| TelemetryError::AlreadyInstalled)
+}
+
+/// Colours only on a terminal (and not with `NO_COLOR`): `kubectl logs`, a log shipper or a file
+/// gets plain text that a `grep key=value` finds.
+fn colours_wanted() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -356,6 +356,10 @@ async fn clear_renew(
     if let Some(version) = expected_version {
         patch["metadata"]["resourceVersion"] = version.into();
     }
+    // The status write before this one may have waited out the lease.
+    if ctx.fence.is_cancelled() {
+        return Err(ControllerError::Fenced);
+    }
     let api = Api::<ModulePullOverride>::all(ctx.client.clone());
     match api
         .patch(

@@ -216,6 +216,14 @@ impl LeaseHandle {
     async fn try_take(&self, observed: &mut Option<Observed>) -> Result<bool, LeaseError> {
         let current = self.bounded(self.api.get_opt(&self.name)).await?;
         let Some(mut lease) = current else {
+            // Deleted (by hand, or a namespace cleanup) while another replica held it: that
+            // leader goes on writing until its renewal fails, so the lease is taken no sooner
+            // than the holder seen last would have expired.
+            if let Some(seen) = observed.as_ref()
+                && matches!(decide(seen, &self.identity, Instant::now()), Step::Wait(_))
+            {
+                return Ok(false);
+            }
             return self.create().await;
         };
         let spec = lease.spec.clone().unwrap_or_default();
