@@ -370,6 +370,8 @@ async fn create_mpos(
                     image_tag: "dev".into(),
                     source: source.to_owned(),
                     scan_interval: ScanInterval::new(format!("{INTERVAL_SECONDS}s")),
+                    image_digest: None,
+                    rollback: None,
                 },
             );
             mpo.metadata.labels = Some([("mpo-test".to_owned(), id.0.clone())].into());

@@ -189,6 +189,8 @@ impl World {
                 image_tag: TAG.into(),
                 source: source.to_owned(),
                 scan_interval: ScanInterval::new(format!("{}s", self.interval)),
+                image_digest: None,
+                rollback: None,
             },
         );
         mpo.metadata.labels = Some([("mpo-test".to_owned(), self.id.0.clone())].into());

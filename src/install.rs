@@ -136,6 +136,35 @@ pub async fn install_reporting(
     switch_in(downloaded, image, digest).await
 }
 
+/// Switches `digest` back in from the versions kept on disk, without a registry request:
+/// `None` when it is not kept (then it must be downloaded).
+pub async fn switch_to_kept(
+    store: &ModuleStore,
+    image: &ModuleRef,
+    digest: &Digest,
+) -> Result<Option<Report>, InstallError> {
+    if !store.has_version(image.module(), digest) {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    let (store, module, wanted) = (store.clone(), image.module().to_owned(), digest.clone());
+    let switched = tokio::task::spawn_blocking(move || {
+        let info = store.version_info(&module, &wanted)?;
+        let installed = store.switch_to(&module, &wanted)?;
+        Ok::<_, StorageError>((installed, info))
+    })
+    .await?;
+    let (installed, info) = switched?;
+    info!(image = %image.at_digest(digest), weight = info.weight, "switched back to a kept version");
+    Ok(Some(Report {
+        installed,
+        info,
+        downloaded_bytes: 0,
+        layers: 0,
+        took: started.elapsed(),
+    }))
+}
+
 /// Every step of [`install`] up to validation: manifest, size check, staging, layers in order.
 pub async fn download(
     registry: &Registry,

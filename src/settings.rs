@@ -34,6 +34,11 @@ pub struct Settings {
     )]
     pub download_dir: PathBuf,
 
+    /// How many versions of each module stay on disk (the active one and those switched in
+    /// before it, newest first): a rollback to any of them is a switch of `dev`, no download.
+    #[arg(long, env = "MPO_KEEP_VERSIONS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    pub keep_versions: u16,
+
     /// How many ModulePullOverrides are reconciled at once, so a slow download does not stall the rest.
     #[arg(long, env = "MPO_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,

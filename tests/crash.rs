@@ -227,7 +227,7 @@ impl Crash {
             || async {
                 names_in(&module_dir)
                     .iter()
-                    .all(|n| n == "dev" || n == "versions")
+                    .all(|n| ["dev", "history", "versions"].contains(&n.as_str()))
                     .then_some(())
             },
         )
@@ -269,7 +269,9 @@ async fn sigkill_at_any_moment_leaves_a_complete_version_and_recovers() {
         "crash",
         RegistryKind::Plain,
         &[],
-        &["--scan-module-sources=false"],
+        // One version kept: a switch back to a kept version is a rename, no download, and the
+        // kills must also land in downloads (and in collections of the old version).
+        &["--scan-module-sources=false", "--keep-versions", "1"],
     )
     .await;
     let module = format!("{}-m", s.id.0);

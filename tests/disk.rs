@@ -201,7 +201,7 @@ async fn a_full_download_dir_is_reported_cleaned_up_and_recovers_when_space_is_f
     })
     .await;
     let module_dir = w.s.module_dir(&w.module);
-    assert_eq!(names_in(&module_dir), ["dev", "versions"]);
+    assert_eq!(names_in(&module_dir), ["dev", "history", "versions"]);
 
     w.tmpfs.remount("size=16m");
     w.expect_recovery(&digest, &next).await;

@@ -53,6 +53,8 @@ impl World {
             format!("--max-unpacked-size={MAX_UNPACKED}"),
             format!("--max-compressed-size={MAX_COMPRESSED}"),
             "--scan-module-sources=false".to_owned(),
+            // Two kept versions: a hostile tree (deep, read-only) is collected two switches on.
+            "--keep-versions=2".to_owned(),
         ];
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let mut s = Scenario::start(cluster, test, RegistryKind::Plain, &[], &flags).await;
@@ -715,7 +717,7 @@ fn assert_unharmed(w: &World, before: &Before, what: &str) {
         .into_iter()
         .filter(|n| !n.starts_with(".staging-"))
         .collect();
-    assert_eq!(others, ["dev", "versions"], "{what}: module dir");
+    assert_eq!(others, ["dev", "history", "versions"], "{what}: module dir");
     let root = w.s.operator.download_root();
     assert_eq!(
         names_in(root),
@@ -863,7 +865,8 @@ async fn odd_but_harmless_images_are_accepted_without_privileged_bits() {
     let version = expect_accepted(&w, index).await;
     assert_eq!(files_under(&version), sorted(amd64.files()));
 
-    // Only the active version and the one before it stay; the deep one was deleted.
+    // Only the active version and the one before it stay (--keep-versions=2); the deep one was
+    // collected.
     let versions = names_in(&w.module_dir().join("versions"));
     assert_eq!(versions.len(), 2, "{versions:?}");
     assert!(!deep.exists(), "the deep version was pruned");

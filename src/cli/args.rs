@@ -46,6 +46,9 @@ pub enum Command {
     Diff(commands::diff::DiffArgs),
     Renew(commands::renew::RenewArgs),
     Status(commands::status::StatusArgs),
+    History(commands::undo::HistoryArgs),
+    Rollback(commands::undo::RollbackArgs),
+    Unpin(commands::undo::UnpinArgs),
     Completion(commands::completion::CompletionArgs),
     /// Shell completion candidates in the protocol kubectl uses for plugins (cobra's
     /// `__complete`), for `kubectl_complete-mpo`.
@@ -54,7 +57,7 @@ pub enum Command {
 }
 
 /// Where the registry comes from: a ModuleSource in the cluster, or these flags.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct RepoArgs {
     /// A repository to use instead of a ModuleSource, e.g. registry.example.com/deckhouse/modules.
     #[arg(long)]

@@ -70,11 +70,11 @@ pub enum CliError {
     Content(String),
     #[error("cannot write the output: {0}")]
     Output(String),
-    /// `renew --wait`: the operator handled the renew and reports a failure.
+    /// `renew --wait`, `rollback`, `unpin`: the operator handled it and reports a failure.
     #[error("{mpo}: {message}")]
     Failed { mpo: String, message: String },
     #[error(
-        "timed out after {} waiting for the operator to handle the renew of {mpo} (is it running?)",
+        "timed out after {} waiting for the operator to handle {mpo} (is it running?)",
         humantime::format_duration(*waited)
     )]
     Timeout { mpo: String, waited: Duration },

@@ -62,6 +62,9 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Diff(args) => commands::diff::run(&global, args).await,
         Command::Renew(args) => commands::renew::run(&global, args).await,
         Command::Status(args) => commands::status::run(&global, args).await,
+        Command::History(args) => commands::undo::history(&global, args).await,
+        Command::Rollback(args) => commands::undo::rollback(&global, args).await,
+        Command::Unpin(args) => commands::undo::unpin(&global, args).await,
         Command::Completion(args) => commands::completion::run(args),
         Command::Complete(args) => commands::completion::complete(&global, args).await,
     }

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     Digest,
     crd::{ModulePullOverride, ModuleSource},
-    install::install_reporting,
+    install::{install_reporting, switch_to_kept},
     registry::{ModuleRef, Registry},
 };
 
@@ -172,14 +172,22 @@ async fn try_pass(
     let image = ModuleRef::new(registry.repo().clone(), &name, &mpo.spec.image_tag)
         .map_err(|e| PassError::BadSpec(e.to_string()))?;
     let recorded = recorded_digest(mpo);
-    restore_recorded(ctx, &registry, &image, recorded.as_ref()).await;
-    let digest = registry
-        .resolve(&image)
-        .await
-        .map_err(|cause| PassError::Resolve {
-            reference: image.to_string(),
-            cause,
-        })?;
+    remember_the_version_before_overrides(ctx, &name);
+    if let Some(pin) = pinned_digest(mpo)? {
+        return apply_pin(ctx, &registry, &image, mpo, recorded.as_ref(), pin, renew).await;
+    }
+    let digest = match registry.resolve(&image).await {
+        Ok(digest) => digest,
+        Err(cause) => {
+            // The tag cannot be read (gone, or the registry down): whatever happens to it, the
+            // applied module stays on this disk (SPEC §6).
+            restore_recorded(ctx, &registry, &image, recorded.as_ref()).await;
+            return Err(PassError::Resolve {
+                reference: image.to_string(),
+                cause,
+            });
+        }
+    };
     ctx.metrics.resolved(&name);
     let up_to_date = recorded.as_ref() == Some(&digest) && ctx.store.is_active(&name, &digest);
     if up_to_date && renew != Renew::Force {
@@ -205,6 +213,20 @@ async fn try_pass(
             changed: true,
         });
     }
+    // A version kept on disk (the tag moved back, or this replica led before): a switch of
+    // `dev`, no download. A forced renew asks for the download.
+    if renew != Renew::Force
+        && let Some(report) = switch_to_kept(&ctx.store, &image, &digest)
+            .await
+            .map_err(|cause| PassError::install(&image, &digest, cause))?
+    {
+        ctx.metrics.installed(&report);
+        return Ok(Outcome::InSync {
+            changed: recorded.as_ref() != Some(&digest),
+            digest,
+            weight: report.info.weight,
+        });
+    }
     info!(
         mpo = %name,
         image = %image,
@@ -213,7 +235,7 @@ async fn try_pass(
         "resolved a digest to download"
     );
     let max_compressed = ctx.settings.limits.max_compressed_size;
-    let report = install_reporting(
+    let installed = install_reporting(
         &registry,
         &ctx.store,
         &image,
@@ -221,8 +243,15 @@ async fn try_pass(
         max_compressed,
         Some(ctx.metrics.clone()),
     )
-    .await
-    .map_err(|cause| PassError::install(&image, &digest, cause))?;
+    .await;
+    let report = match installed {
+        Ok(report) => report,
+        Err(cause) => {
+            // The new image failed; the disk keeps (or gets back) what the status records.
+            restore_recorded(ctx, &registry, &image, recorded.as_ref()).await;
+            return Err(PassError::install(&image, &digest, cause));
+        }
+    };
     ctx.metrics.installed(&report);
     Ok(Outcome::InSync {
         // The same digest downloaded again (an empty disk, a forced renew without a new digest)
@@ -234,9 +263,88 @@ async fn try_pass(
     })
 }
 
-/// SPEC §6 on a new pod: the disk first gets what `status.imageDigest` records (pulled by that
-/// digest), so that a tag that is gone, or now points at an image that fails, does not take the
-/// applied module off this node. A failure here is logged; the pass goes on as usual.
+/// `spec.imageDigest`, parsed; a bad one is the spec's error (the CRD's pattern refuses most).
+fn pinned_digest(mpo: &ModulePullOverride) -> Result<Option<Digest>, PassError> {
+    mpo.spec
+        .image_digest
+        .as_deref()
+        .map(|pin| {
+            pin.parse().map_err(|_| {
+                PassError::BadSpec(format!("spec.imageDigest {pin:?} is not a sha256 digest"))
+            })
+        })
+        .transpose()
+}
+
+/// A pin: exactly that digest, the tag not asked. No registry request at all when the digest is
+/// active or kept on disk; else it is pulled by digest.
+async fn apply_pin(
+    ctx: &Context,
+    registry: &Registry,
+    image: &ModuleRef,
+    mpo: &ModulePullOverride,
+    recorded: Option<&Digest>,
+    pin: Digest,
+    renew: Renew,
+) -> Result<Outcome, PassError> {
+    let name = image.module();
+    let changed = recorded != Some(&pin) || renew == Renew::Force;
+    if renew != Renew::Force && ctx.store.is_active(name, &pin) {
+        let weight = ctx
+            .store
+            .active_weight(name)
+            .or_else(|| mpo.status.as_ref().and_then(|s| s.weight))
+            .unwrap_or(900);
+        return Ok(Outcome::InSync {
+            digest: pin,
+            weight,
+            changed,
+        });
+    }
+    if renew != Renew::Force
+        && let Some(report) = switch_to_kept(&ctx.store, image, &pin)
+            .await
+            .map_err(|cause| PassError::install(image, &pin, cause))?
+    {
+        ctx.metrics.installed(&report);
+        return Ok(Outcome::InSync {
+            digest: pin,
+            weight: report.info.weight,
+            changed,
+        });
+    }
+    info!(mpo = %name, digest = %pin, "pulling the pinned digest");
+    let max_compressed = ctx.settings.limits.max_compressed_size;
+    let report = install_reporting(
+        registry,
+        &ctx.store,
+        image,
+        &pin,
+        max_compressed,
+        Some(ctx.metrics.clone()),
+    )
+    .await
+    .map_err(|cause| PassError::install(image, &pin, cause))?;
+    ctx.metrics.installed(&report);
+    Ok(Outcome::InSync {
+        digest: pin,
+        weight: report.info.weight,
+        changed,
+    })
+}
+
+/// Before an override first switches the module, the version another process had active (a
+/// release) is recorded and kept, for `spec.rollback` on delete. Best effort: a failure only
+/// loses that rollback, which the deletion then says.
+fn remember_the_version_before_overrides(ctx: &Context, module: &str) {
+    if let Err(err) = ctx.store.mark_before_override(module) {
+        warn!(mpo = %module, "cannot record the version from before the override: {err}");
+    }
+}
+
+/// SPEC §6: the disk keeps what `status.imageDigest` records when the tag cannot be read or its
+/// new image fails, so that neither takes the applied module off this node: switched back in
+/// when kept on disk, else pulled by that digest. A failure here is logged; the pass goes on.
 async fn restore_recorded(
     ctx: &Context,
     registry: &Registry,
@@ -247,24 +355,36 @@ async fn restore_recorded(
     if ctx.store.is_active(image.module(), recorded) {
         return;
     }
-    info!(mpo = %image.module(), digest = %recorded, "restoring the recorded digest onto this disk");
-    let max_compressed = ctx.settings.limits.max_compressed_size;
-    let progress = Some(ctx.metrics.clone() as std::sync::Arc<dyn crate::install::Progress>);
-    match install_reporting(
-        registry,
-        &ctx.store,
-        image,
-        recorded,
-        max_compressed,
-        progress,
-    )
-    .await
-    {
+    match restore_digest(ctx, registry, image, recorded).await {
         Ok(report) => ctx.metrics.installed(&report),
         Err(err) => {
             warn!(mpo = %image.module(), digest = %recorded, "cannot restore the recorded digest: {err}")
         }
     }
+}
+
+/// `digest` made active: from the kept versions when there, else downloaded by digest.
+pub(super) async fn restore_digest(
+    ctx: &Context,
+    registry: &Registry,
+    image: &ModuleRef,
+    digest: &Digest,
+) -> Result<crate::install::Report, crate::install::InstallError> {
+    if let Some(report) = switch_to_kept(&ctx.store, image, digest).await? {
+        return Ok(report);
+    }
+    info!(mpo = %image.module(), %digest, "restoring the recorded digest onto this disk");
+    let max_compressed = ctx.settings.limits.max_compressed_size;
+    let progress = Some(ctx.metrics.clone() as std::sync::Arc<dyn crate::install::Progress>);
+    install_reporting(
+        registry,
+        &ctx.store,
+        image,
+        digest,
+        max_compressed,
+        progress,
+    )
+    .await
 }
 
 fn outcome_label(outcome: &Outcome) -> &'static str {
@@ -295,7 +415,8 @@ async fn publish(
     outcome: &Outcome,
 ) -> Result<Published, ControllerError> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let desired = status::desired_status(mpo, outcome, &now);
+    let desired =
+        status::desired_status(mpo, outcome, &now, usize::from(ctx.settings.keep_versions));
     if !status::status_differs(mpo, &desired) {
         return Ok(Published::Unchanged);
     }

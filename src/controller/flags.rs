@@ -556,6 +556,8 @@ mod tests {
                 image_tag: "t".into(),
                 source: source.into(),
                 scan_interval: Default::default(),
+                image_digest: None,
+                rollback: None,
             },
         );
         m.status = Some(ModulePullOverrideStatus {

@@ -32,6 +32,8 @@ pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the leader renews, and how often a candidate looks.
 pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
+/// The pause before a renewal that follows a failed one.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(200);
 /// One apiserver call of the lease loop may take at most this long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -178,9 +180,19 @@ async fn renew_until_lost(
         warn!("{why}");
         lost.send_replace(true);
     };
+    // After a failed or timed-out renewal the next one goes at once: each attempt on a stalled
+    // pooled connection costs its whole timeout and drops that connection, and waiting the
+    // retry period on top left room for two attempts only, fewer than the pool's dead
+    // connections after a half-open partition.
+    let mut failed = false;
     loop {
         let deadline = last_renewal + RENEW_DEADLINE;
-        let wait = RETRY_PERIOD.min(deadline.saturating_duration_since(Instant::now()));
+        let pause = if failed {
+            RETRY_AFTER_FAILURE
+        } else {
+            RETRY_PERIOD
+        };
+        let wait = pause.min(deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(wait).await;
         if Instant::now() >= deadline {
             lose("the lease was not renewed within the renew deadline; stopping");
@@ -188,7 +200,9 @@ async fn renew_until_lost(
         }
         let budget = CALL_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
         let sent = Instant::now();
-        match tokio::time::timeout(budget, lease.renew()).await {
+        let renewed = tokio::time::timeout(budget, lease.renew()).await;
+        failed = !matches!(renewed, Ok(Ok(true)));
+        match renewed {
             Ok(Ok(true)) => {
                 last_renewal = sent;
                 validity.extend_from(sent, RENEW_DEADLINE);

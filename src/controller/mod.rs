@@ -113,7 +113,8 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
             max_unpacked_bytes: settings.limits.max_unpacked_size,
             max_entries: settings.limits.max_entries,
         },
-    );
+    )
+    .with_kept_versions(usize::from(settings.keep_versions));
     let leadership = if settings.leader_election {
         tokio::select! {
             leadership = leader::Leadership::acquire(client.clone(), &settings) => Some(leadership?),

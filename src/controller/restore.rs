@@ -12,12 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Context, source::registry_for};
-use crate::{
-    Digest,
-    crd::ModulePullOverride,
-    install::{Progress, install_reporting},
-    registry::ModuleRef,
-};
+use crate::{Digest, crd::ModulePullOverride, registry::ModuleRef};
 
 /// Lists the overrides (one LIST: the watch's store fills only once the controller runs) and
 /// restores what they record and this disk lacks. Returns how many were restored.
@@ -113,9 +108,7 @@ async fn restore_one(ctx: &Arc<Context>, mpo: ModulePullOverride, digest: Digest
             return false;
         }
     };
-    let max = ctx.settings.limits.max_compressed_size;
-    let progress = Some(ctx.metrics.clone() as Arc<dyn Progress>);
-    match install_reporting(&registry, &ctx.store, &image, &digest, max, progress).await {
+    match super::apply::restore_digest(ctx, &registry, &image, &digest).await {
         Ok(report) => {
             ctx.metrics.installed(&report);
             ctx.metrics.restore_done("restored");

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::error::PassError;
 use crate::{
     Digest,
-    crd::{ModulePullOverride, ModulePullOverrideStatus},
+    crd::{AppliedVersion, ModulePullOverride, ModulePullOverrideStatus},
 };
 
 pub const READY: &str = "Ready";
@@ -30,10 +30,14 @@ pub fn desired_status(
     mpo: &ModulePullOverride,
     outcome: &Outcome,
     now: &str,
+    history_len: usize,
 ) -> ModulePullOverrideStatus {
     let current = mpo.status.clone().unwrap_or_default();
     let mut next = current.clone();
     next.observed_generation = mpo.metadata.generation;
+    let pinned = mpo.spec.image_digest.is_some();
+    // A merge patch cannot drop a field: once there, `pinned` turns false instead.
+    next.pinned = (pinned || current.pinned.is_some()).then_some(pinned);
     let (ready, reason, message) = match outcome {
         Outcome::InSync {
             digest,
@@ -44,9 +48,29 @@ pub fn desired_status(
             if *changed || current.image_digest.as_deref() != Some(digest.as_str()) {
                 next.updated_at = Some(now.to_owned());
             }
+            // Status written before there was a history: the digest applied then, at its time.
+            let applied_at = match (&current.history, &current.updated_at) {
+                (None, Some(updated))
+                    if !*changed && current.image_digest.as_ref() == Some(&digest) =>
+                {
+                    updated.as_str()
+                }
+                _ => now,
+            };
+            let history = next_history(
+                current.history.as_deref().unwrap_or_default(),
+                &digest,
+                applied_at,
+                history_len,
+            );
+            next.history = Some(history);
             next.image_digest = Some(digest);
             next.weight = Some(*weight);
-            (true, "InSync", String::new())
+            (
+                true,
+                if pinned { "Pinned" } else { "InSync" },
+                String::new(),
+            )
         }
         Outcome::Failed(err) => (false, err.reason(), err.to_string()),
     };
@@ -59,6 +83,26 @@ pub fn desired_status(
         mpo.metadata.generation,
     )]);
     next
+}
+
+/// `status.history` after `digest` is the active one: it goes first (with `now`, unless it is
+/// first already), any older entry of it is dropped, and at most `len` entries stay.
+pub fn next_history(
+    current: &[AppliedVersion],
+    digest: &str,
+    now: &str,
+    len: usize,
+) -> Vec<AppliedVersion> {
+    if current.first().is_some_and(|first| first.digest == digest) {
+        return current.iter().take(len.max(1)).cloned().collect();
+    }
+    std::iter::once(AppliedVersion {
+        digest: digest.to_owned(),
+        applied_at: now.to_owned(),
+    })
+    .chain(current.iter().filter(|v| v.digest != digest).cloned())
+    .take(len.max(1))
+    .collect()
 }
 
 /// The Ready condition; its transition time moves only when its status flips.
@@ -83,7 +127,9 @@ fn ready_condition(
         type_: READY.to_owned(),
         status: status.to_owned(),
         reason: reason.to_owned(),
-        message: if message.is_empty() {
+        message: if message.is_empty() && reason == "Pinned" {
+            "module on disk is the pinned digest".to_owned()
+        } else if message.is_empty() {
             "module on disk matches the tag".to_owned()
         } else {
             message.to_owned()
@@ -133,6 +179,8 @@ mod tests {
                 image_tag: "t".into(),
                 source: "s".into(),
                 scan_interval: Default::default(),
+                image_digest: None,
+                rollback: None,
             },
         );
         m.metadata.generation = Some(3);
@@ -148,7 +196,7 @@ mod tests {
             weight: 910,
             changed: true,
         };
-        let s = desired_status(&mpo(None), &outcome, "2026-01-01T00:00:00Z");
+        let s = desired_status(&mpo(None), &outcome, "2026-01-01T00:00:00Z", 3);
         assert_eq!(s.image_digest, Some(digest.to_string()));
         assert_eq!(s.updated_at.as_deref(), Some("2026-01-01T00:00:00Z"));
         assert_eq!(s.message.as_deref(), Some(""));
@@ -158,6 +206,72 @@ mod tests {
             s.conditions.as_ref().map(|c| c[0].status.as_str()),
             Some("True")
         );
+    }
+
+    #[test]
+    fn the_history_puts_each_switch_first_once_and_keeps_the_last_few() {
+        let v = |d: &str, at: &str| AppliedVersion {
+            digest: d.into(),
+            applied_at: at.into(),
+        };
+        let h = next_history(&[], "a", "t1", 3);
+        assert_eq!(h, [v("a", "t1")]);
+        let h = next_history(&h, "b", "t2", 3);
+        let h = next_history(&h, "c", "t3", 3);
+        assert_eq!(h, [v("c", "t3"), v("b", "t2"), v("a", "t1")]);
+        assert_eq!(
+            next_history(&h, "c", "t9", 3),
+            h,
+            "the same digest again: no entry"
+        );
+        let h = next_history(&h, "d", "t4", 3);
+        assert_eq!(h, [v("d", "t4"), v("c", "t3"), v("b", "t2")]);
+        // A rollback to `b`: first, with its new time, and only once.
+        assert_eq!(
+            next_history(&h, "b", "t5", 3),
+            [v("b", "t5"), v("d", "t4"), v("c", "t3")]
+        );
+        assert_eq!(next_history(&h, "e", "t6", 1), [v("e", "t6")]);
+    }
+
+    #[test]
+    fn a_pin_is_shown_and_an_unpin_turns_it_false() {
+        let digest = Digest::of(b"x");
+        let outcome = Outcome::InSync {
+            digest: digest.clone(),
+            weight: 900,
+            changed: true,
+        };
+        let mut pinned = mpo(None);
+        pinned.spec.image_digest = Some(digest.to_string());
+        let s = desired_status(&pinned, &outcome, "t1", 3);
+        assert_eq!(s.pinned, Some(true));
+        assert_eq!(
+            s.conditions.as_ref().map(|c| c[0].reason.as_str()),
+            Some("Pinned")
+        );
+        let unpinned = mpo(Some(s));
+        let s = desired_status(&unpinned, &outcome, "t2", 3);
+        assert_eq!(s.pinned, Some(false));
+        assert_eq!(desired_status(&mpo(None), &outcome, "t1", 3).pinned, None);
+    }
+
+    #[test]
+    fn an_existing_digest_enters_the_history_at_its_own_time() {
+        let digest = Digest::of(b"x");
+        let old = ModulePullOverrideStatus {
+            image_digest: Some(digest.to_string()),
+            updated_at: Some("2026-01-01T00:00:00Z".into()),
+            ..Default::default()
+        };
+        let outcome = Outcome::InSync {
+            digest: digest.clone(),
+            weight: 900,
+            changed: false,
+        };
+        let s = desired_status(&mpo(Some(old)), &outcome, "t2", 3);
+        let history = s.history.expect("a history");
+        assert_eq!(history[0].applied_at, "2026-01-01T00:00:00Z");
     }
 
     #[test]
@@ -171,6 +285,7 @@ mod tests {
                 changed: true,
             },
             "t1",
+            3,
         );
         let settled = mpo(Some(first));
         let again = desired_status(
@@ -181,6 +296,7 @@ mod tests {
                 changed: false,
             },
             "t2",
+            3,
         );
         assert!(!status_differs(&settled, &again));
     }
@@ -196,11 +312,13 @@ mod tests {
                 changed: true,
             },
             "t1",
+            3,
         );
         let failed = desired_status(
             &mpo(Some(ok)),
             &Outcome::Failed(PassError::SourceMissing("s".into())),
             "t2",
+            3,
         );
         assert_eq!(failed.image_digest, Some(digest.to_string()));
         assert_eq!(failed.updated_at.as_deref(), Some("t1"));

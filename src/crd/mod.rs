@@ -8,8 +8,8 @@ mod scan_interval;
 
 pub use docker_cfg::{DockerCfg, DockerCfgError, RegistryCredentials};
 pub use module_pull_override::{
-    FINALIZER, ModulePullOverride, ModulePullOverrideSpec, ModulePullOverrideStatus,
-    RENEW_ANNOTATION, RENEW_FORCE_ANNOTATION,
+    AppliedVersion, FINALIZER, ModulePullOverride, ModulePullOverrideSpec,
+    ModulePullOverrideStatus, RENEW_ANNOTATION, RENEW_FORCE_ANNOTATION,
 };
 pub use module_source::{
     ConnectSettings, ModuleSource, ModuleSourceSpec, ModuleSourceStatus, RegistrySpec,

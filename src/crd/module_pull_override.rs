@@ -29,6 +29,7 @@ pub const RENEW_FORCE_ANNOTATION: &str = "modules.deckhouse.io/renew";
     printcolumn(name = "TAG", type_ = "string", json_path = ".spec.imageTag"),
     printcolumn(name = "DIGEST", type_ = "string", json_path = ".status.imageDigest"),
     printcolumn(name = "UPDATED", type_ = "date", json_path = ".status.updatedAt"),
+    printcolumn(name = "PINNED", type_ = "boolean", json_path = ".status.pinned"),
     printcolumn(name = "MESSAGE", type_ = "string", json_path = ".status.message")
 )]
 #[serde(rename_all = "camelCase")]
@@ -42,6 +43,17 @@ pub struct ModulePullOverrideSpec {
     /// How often the tag is checked for a new digest.
     #[serde(default)]
     pub scan_interval: ScanInterval,
+    /// Pin: apply exactly this digest (`sha256:…`) and stop following the tag, as Flux's
+    /// `ref.digest`; switched in from disk when kept there, else pulled by digest. Clearing it
+    /// resumes the tag at once. `kubectl mpo rollback` sets it to an earlier digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
+    pub image_digest: Option<String>,
+    /// On delete, switch back to the version the module had before this override's first
+    /// switch (one another process put there, e.g. a release), as Deckhouse's v1alpha2
+    /// `rollback`. Without such a version the override's module stays, and an Event says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<bool>,
 }
 
 /// What the operator observed. Written only by the operator.
@@ -67,4 +79,21 @@ pub struct ModulePullOverrideStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// True while `spec.imageDigest` pins the module (the tag is not followed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<bool>,
+    /// The digests applied most recently, newest first (as many as the operator keeps on disk,
+    /// `--keep-versions`): what `kubectl mpo rollback` goes back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<AppliedVersion>>,
+}
+
+/// One entry of `status.history`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedVersion {
+    /// `sha256:…` of the module image.
+    pub digest: String,
+    /// RFC 3339 time it was switched in.
+    pub applied_at: String,
 }

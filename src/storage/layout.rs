@@ -34,11 +34,11 @@ impl Staging {
     /// 2. rename the tree to `versions/<hex>` (moving an existing copy of that digest aside);
     /// 3. point `modules/<weight>-<module>` at `../<module>/dev`;
     /// 4. swap `dev` to `versions/<hex>` (the commit point);
-    /// 5. best effort: drop links of other weights and versions older than the previous one.
+    /// 5. best effort: drop links of other weights, record the switch in the history and
+    ///    collect the versions no longer kept (see `kept.rs`).
     pub fn commit(mut self, info: &ModuleInfo) -> Result<Installed, StorageError> {
         self.seal()?;
         let store = self.store.clone();
-        let previous = store.active(&self.module);
         let version = store.version_dir(&self.module, &self.digest);
         // The seal (a syncfs) can take seconds: ask again right before each visible step.
         store.may_commit()?;
@@ -49,15 +49,9 @@ impl Staging {
         tracing::debug!(module = %self.module, digest = %self.digest, "dev switched");
 
         store.remove_other_weight_links(&self.module, info.weight);
-        // A forced re-download of the active digest adds no version, so nothing becomes old:
-        // keep the rollback copy that is already there.
-        if previous.as_ref() != Some(&self.digest) {
-            let keep: Vec<&Digest> = [Some(&self.digest), previous.as_ref()]
-                .into_iter()
-                .flatten()
-                .collect();
-            store.prune(&self.module, &keep);
-        }
+        // Records the switch and collects what is no longer kept; a forced re-download of the
+        // active digest adds no version, so nothing becomes old.
+        store.after_switch(&self.module, &self.digest);
         Ok(Installed {
             digest: self.digest.clone(),
             path: version,
@@ -173,7 +167,7 @@ impl Staging {
 impl ModuleStore {
     /// `modules/<weight>-<module> -> ../<module>/dev`, created under a temporary name and renamed
     /// into place so that the loader never sees a half-made link.
-    fn link_for_loader(&self, module: &str, weight: u32) -> Result<(), StorageError> {
+    pub(super) fn link_for_loader(&self, module: &str, weight: u32) -> Result<(), StorageError> {
         let links = self.root.join(MODULES);
         fs::create_dir_all(&links).map_err(StorageError::write(&links))?;
         let name = format!("{weight}-{module}");
@@ -182,7 +176,7 @@ impl ModuleStore {
         tree::sync_dir(&links)
     }
 
-    fn point_dev_at(&self, module: &str, digest: &Digest) -> Result<(), StorageError> {
+    pub(super) fn point_dev_at(&self, module: &str, digest: &Digest) -> Result<(), StorageError> {
         let module_dir = self.module_dir(module);
         let temporary = module_dir.join(format!("{DEV_TMP_PREFIX}{}", random_suffix()));
         replace_symlink(
@@ -194,7 +188,7 @@ impl ModuleStore {
     }
 
     /// Best effort: the new link is already in place, a stale one only confuses the loader.
-    fn remove_other_weight_links(&self, module: &str, weight: u32) {
+    pub(super) fn remove_other_weight_links(&self, module: &str, weight: u32) {
         let links = self.root.join(MODULES);
         let current = format!("{weight}-{module}");
         let stale = match list_dir(&links) {
@@ -212,27 +206,6 @@ impl ModuleStore {
             }
         }
         sync_dir_logged(&links);
-    }
-
-    /// Best effort: deletes every version not in `keep`.
-    fn prune(&self, module: &str, keep: &[&Digest]) {
-        let versions = self.module_dir(module).join(VERSIONS);
-        let entries = match list_dir(&versions) {
-            Ok(entries) => entries,
-            Err(err) => return tracing::warn!(error = %err, "cannot list versions to prune"),
-        };
-        for (name, _) in entries
-            .into_iter()
-            .filter(|(name, _)| !keep.iter().any(|d| d.hex() == name))
-        {
-            let path = versions.join(&name);
-            match tree::remove_tree(&path) {
-                Ok(()) => tracing::debug!(path = %path.display(), "pruned old version"),
-                Err(err) => {
-                    tracing::warn!(path = %path.display(), error = %err, "cannot prune old version")
-                }
-            }
-        }
     }
 }
 
@@ -374,7 +347,10 @@ mod tests {
         assert_eq!(fs::read(loader_link.join("marker")).unwrap(), b"v1");
         assert!(fixture.store.is_active(MODULE, &digest));
         assert_eq!(fixture.store.active(MODULE), Some(digest));
-        assert_eq!(fixture.module_dir_names(MODULE), ["dev", "versions"]);
+        assert_eq!(
+            fixture.module_dir_names(MODULE),
+            ["dev", "history", "versions"]
+        );
 
         assert_eq!(mode(&installed.path.join("ro")), 0o555);
         assert_eq!(
@@ -388,17 +364,111 @@ mod tests {
     }
 
     #[test]
-    fn keeps_the_current_and_previous_versions_only() {
+    fn keeps_the_last_versions_in_switch_order_and_switches_back_without_a_download() {
         let fixture = Fixture::new();
-        let [a, b, c] = [b"a", b"b", b"c"].map(|name| Digest::of(name));
+        let [a, b, c, d] = [b"a", b"b", b"c", b"d"].map(|name| Digest::of(name));
         fixture.install(MODULE, &a, module_layer(900, "a"));
         fixture.install(MODULE, &b, module_layer(900, "b"));
-        assert_eq!(versions(&fixture), sorted(&[&a, &b]));
         fixture.install(MODULE, &c, module_layer(900, "c"));
-        // `a` had read-only directories and unreadable files: pruning copes.
-        assert_eq!(versions(&fixture), sorted(&[&b, &c]));
-        assert!(fixture.store.is_active(MODULE, &c));
-        assert!(!fixture.store.is_active(MODULE, &b));
+        assert_eq!(versions(&fixture), sorted(&[&a, &b, &c]));
+        fixture.install(MODULE, &d, module_layer(900, "d"));
+        // `a` had read-only directories and unreadable files: collecting copes.
+        assert_eq!(versions(&fixture), sorted(&[&b, &c, &d]));
+        assert_eq!(
+            fixture.store.kept(MODULE),
+            [d.clone(), c.clone(), b.clone()]
+        );
+
+        // Back to `b`: a rename of `dev`, and `b` is the newest switch now.
+        let installed = fixture.store.switch_to(MODULE, &b).unwrap();
+        assert!(fixture.store.is_active(MODULE, &b));
+        assert_eq!(fs::read(installed.path.join("marker")).unwrap(), b"b");
+        assert_eq!(
+            fixture.store.kept(MODULE),
+            [b.clone(), d.clone(), c.clone()]
+        );
+        let missing = fixture.store.switch_to(MODULE, &a).unwrap_err();
+        assert!(missing.to_string().contains("not kept"), "{missing}");
+        assert!(
+            fixture.store.is_active(MODULE, &b),
+            "a failed switch changes nothing"
+        );
+
+        let two = Fixture::new();
+        let two = Fixture {
+            store: two.store.clone().with_kept_versions(2),
+            ..two
+        };
+        for (digest, marker) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+            two.install(MODULE, digest, module_layer(900, marker));
+        }
+        assert_eq!(versions(&two), sorted(&[&b, &c]));
+    }
+
+    #[test]
+    fn the_version_from_before_the_overrides_is_kept_until_forgotten() {
+        let fixture = Fixture::new();
+        let release = Digest::of(b"release");
+        fixture.install(MODULE, &release, module_layer(905, "release"));
+        // Our own switches are in the history and are no release: nothing to record.
+        assert_eq!(fixture.store.mark_before_override(MODULE).unwrap(), None);
+        // A version another process put there (a release, with no history of ours).
+        fs::remove_file(fixture.root().join(MODULE).join("history")).unwrap();
+        assert_eq!(
+            fixture.store.mark_before_override(MODULE).unwrap(),
+            Some(release.clone())
+        );
+        for marker in ["o1", "o2", "o3", "o4"] {
+            fixture.install(
+                MODULE,
+                &Digest::of(marker.as_bytes()),
+                module_layer(900, marker),
+            );
+        }
+        assert_eq!(fixture.store.before_override(MODULE), Some(release.clone()));
+        assert!(
+            fixture.store.has_version(MODULE, &release),
+            "kept beyond the last three"
+        );
+        // Marking again keeps the first record.
+        assert_eq!(
+            fixture.store.mark_before_override(MODULE).unwrap(),
+            Some(release.clone())
+        );
+        fixture.store.switch_to(MODULE, &release).unwrap();
+        assert_eq!(fixture.store.active_weight(MODULE), Some(905));
+        fixture.store.forget_before_override(MODULE).unwrap();
+        assert_eq!(fixture.store.before_override(MODULE), None);
+        assert!(fixture.store.is_active(MODULE, &release));
+    }
+
+    #[test]
+    fn a_collection_cut_short_leaves_versions_whole_and_the_sweep_finishes_it() {
+        let fixture = Fixture::new();
+        let [a, b] = [b"a", b"b"].map(|name| Digest::of(name));
+        fixture.install(MODULE, &a, module_layer(900, "a"));
+        fixture.install(MODULE, &b, module_layer(900, "b"));
+        // What a kill -9 in the middle of deleting a collected version leaves: the version is
+        // out of `versions/` already, half deleted, and a record half written.
+        let module_dir = fixture.root().join(MODULE);
+        let aside = module_dir.join(format!(
+            "{}{}-x",
+            super::super::kept::REMOVING_PREFIX,
+            a.hex()
+        ));
+        fs::rename(module_dir.join("versions").join(a.hex()), &aside).unwrap();
+        fs::write(module_dir.join(".record-tmp-history-x"), "partial").unwrap();
+        assert!(
+            !fixture.store.has_version(MODULE, &a),
+            "never a half-deleted version"
+        );
+        assert_eq!(fixture.store.kept(MODULE), vec![b.clone()]);
+        fixture.store.sweep().unwrap();
+        assert_eq!(
+            fixture.module_dir_names(MODULE),
+            ["dev", "history", "versions"]
+        );
+        assert!(fixture.store.is_active(MODULE, &b));
     }
 
     fn sorted(digests: &[&Digest]) -> Vec<String> {
@@ -437,7 +507,10 @@ mod tests {
         );
         assert!(fixture.store.is_active(MODULE, &current));
         assert_eq!(versions(&fixture), sorted(&[&old, &current]));
-        assert_eq!(fixture.module_dir_names(MODULE), ["dev", "versions"]);
+        assert_eq!(
+            fixture.module_dir_names(MODULE),
+            ["dev", "history", "versions"]
+        );
     }
 
     #[test]
@@ -454,7 +527,10 @@ mod tests {
         assert_eq!(err.class(), FailureClass::Download);
         assert!(fixture.store.is_active(MODULE, &good));
         assert_eq!(versions(&fixture), sorted(&[&good]));
-        assert_eq!(fixture.module_dir_names(MODULE), ["dev", "versions"]);
+        assert_eq!(
+            fixture.module_dir_names(MODULE),
+            ["dev", "history", "versions"]
+        );
     }
 
     #[test]

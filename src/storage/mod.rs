@@ -14,6 +14,7 @@
 //! Nothing here knows about Kubernetes; every call is blocking and meant for `spawn_blocking`.
 
 mod error;
+mod kept;
 mod layout;
 mod sweep;
 mod tree;
@@ -35,6 +36,7 @@ use std::{
 use crate::digest::Digest;
 
 pub use error::{FailureClass, LimitKind, StorageError};
+pub use kept::DEFAULT_KEPT_VERSIONS;
 
 /// Caps on what one image may unpack to (SPEC §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +109,8 @@ pub struct ModuleStore {
     root: PathBuf,
     limits: Limits,
     gate: CommitGate,
+    /// Versions kept per module (the active one always among them).
+    kept_versions: usize,
 }
 
 /// Asked right before a commit renames a tree into `versions/` and before it swaps `dev`: a
@@ -141,7 +145,14 @@ impl ModuleStore {
             root: root.into(),
             limits,
             gate: CommitGate::default(),
+            kept_versions: DEFAULT_KEPT_VERSIONS,
         }
+    }
+
+    /// The same store keeping the last `count` versions of each module (at least the active).
+    pub fn with_kept_versions(mut self, count: usize) -> Self {
+        self.kept_versions = count.max(1);
+        self
     }
 
     /// The same store, its commits asking `gate` before they switch anything in.

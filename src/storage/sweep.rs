@@ -9,6 +9,7 @@ use std::{
 
 use super::{
     MODULES, ModuleStore, STAGING_PREFIX, StorageError, check_module_name,
+    kept::{RECORD_TMP_PREFIX, REMOVING_PREFIX},
     layout::{DEV_TMP_PREFIX, LINK_TMP_PREFIX, REPLACED_PREFIX, parent_of, sync_parents},
     tree,
 };
@@ -51,7 +52,12 @@ impl ModuleStore {
                 tree::remove_tree(&path).map_err(StorageError::write(&path))?;
                 tracing::info!(path = %path.display(), "removed leftover staging directory");
                 staging += 1;
-            } else if name.starts_with(DEV_TMP_PREFIX) {
+            } else if name.starts_with(DEV_TMP_PREFIX)
+                || name.starts_with(RECORD_TMP_PREFIX)
+                || name.starts_with(REMOVING_PREFIX)
+            {
+                // A half-written record, or an old version whose collection a crash cut short
+                // (it left `versions/` whole before its deletion began).
                 tree::remove_tree(&path).map_err(StorageError::write(&path))?;
             } else if name.starts_with(REPLACED_PREFIX) {
                 replaced.push(name);
@@ -171,7 +177,10 @@ mod tests {
         assert_eq!(fixture.store.sweep().unwrap(), 1);
         assert!(fixture.store.is_active(MODULE, &digest));
         assert_eq!(fs::read(installed.path.join("marker")).unwrap(), b"v");
-        assert_eq!(fixture.module_dir_names(MODULE), ["dev", "versions"]);
+        assert_eq!(
+            fixture.module_dir_names(MODULE),
+            ["dev", "history", "versions"]
+        );
         let links: Vec<_> = fs::read_dir(fixture.root().join("modules"))
             .unwrap()
             .collect();

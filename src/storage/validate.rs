@@ -73,6 +73,20 @@ fn unresolvable(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::InvalidFilename || err.raw_os_error() == Some(ELOOP)
 }
 
+/// What a stored tree's `module.yaml` declares (a kept version being switched back in: it was
+/// validated whole when first switched in; only its weight is needed again).
+pub(super) fn module_info_of_tree(
+    tree: &std::path::Path,
+    module: &str,
+) -> Result<ModuleInfo, StorageError> {
+    let path = tree.join(MODULE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => module_info(&text, module),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(ModuleInfo::default()),
+        Err(err) => Err(StorageError::write(&path)(err)),
+    }
+}
+
 fn module_info(text: &str, module: &str) -> Result<ModuleInfo, StorageError> {
     let fields = match parse(MODULE_FILE, text)? {
         Value::Null => return Ok(ModuleInfo::default()),

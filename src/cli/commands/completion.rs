@@ -186,7 +186,7 @@ fn offer(words: &[String]) -> Offer {
     }
     let positional = positional_count(typed, &takes_value);
     match (name.as_str(), positional) {
-        ("renew" | "status", 0) => Offer::Overrides,
+        ("renew" | "status" | "history" | "rollback" | "unpin", 0) => Offer::Overrides,
         ("completion", 0) => Offer::Words(
             Shell::value_variants()
                 .iter()

@@ -12,3 +12,4 @@ pub mod releases;
 pub mod renew;
 pub mod status;
 pub mod tags;
+pub mod undo;

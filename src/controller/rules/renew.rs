@@ -54,6 +54,8 @@ pub(crate) mod tests {
                 image_tag: "t".into(),
                 source: "s".into(),
                 scan_interval: Default::default(),
+                image_digest: None,
+                rollback: None,
             },
         );
         m.metadata.annotations = Some(
