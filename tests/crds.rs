@@ -66,7 +66,7 @@ fn crds_become_established_and_the_examples_apply() {
             .collect();
         assert_eq!(
             header,
-            ["NAME", "TAG", "DIGEST", "UPDATED", "MESSAGE"],
+            ["NAME", "TAG", "DIGEST", "UPDATED", "PINNED", "MESSAGE"],
             "kubectl get {short}:\n{table}"
         );
         assert!(
