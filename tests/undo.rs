@@ -139,6 +139,9 @@ async fn a_bad_build_is_rolled_back_in_one_command_without_a_download_and_the_pi
     let bad_to = kubectl_mpo(&s, &["rollback", &module, "--to", "sha256:nothex"]);
     assert_eq!(bad_to.status.code(), Some(2));
     assert!(s.mpo(&module)["spec"]["imageDigest"].is_null());
+    // Text logs into a file carry no terminal colours (they did; `grep key=value` missed them).
+    let log = s.operator.log();
+    assert!(log.contains("switched back to a kept version") && !log.contains('\x1b'));
 }
 
 #[tokio::test]
@@ -195,6 +198,24 @@ fn seed_release(root: &Path, module: &str, image: &ModuleImage) -> String {
     hex
 }
 
+/// Waits until an Event with `reason` about `object` is stored.
+async fn wait_for_event(cluster: &support::Cluster, object: &str, reason: &str) {
+    let selector = format!("regarding.name={object},reason={reason}");
+    wait_for(&format!("the {reason} event"), WAIT, || async {
+        let events = cluster.kubectl_ok(&[
+            "get",
+            "events.events.k8s.io",
+            "-A",
+            "--field-selector",
+            &selector,
+            "-o",
+            "name",
+        ]);
+        (!events.trim().is_empty()).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn deleting_with_rollback_switches_back_to_the_version_from_before_the_override() {
     let cluster = require_cluster!();
@@ -226,20 +247,7 @@ async fn deleting_with_rollback_switches_back_to_the_version_from_before_the_ove
         sorted(files_under(&s.module_dir(&module).join("dev/"))),
         sorted(release.files())
     );
-    let selector = format!("regarding.name={module},reason=RolledBack");
-    wait_for("the RolledBack event", WAIT, || async {
-        let events = cluster.kubectl_ok(&[
-            "get",
-            "events.events.k8s.io",
-            "-A",
-            "--field-selector",
-            &selector,
-            "-o",
-            "name",
-        ]);
-        (!events.trim().is_empty()).then_some(())
-    })
-    .await;
+    wait_for_event(cluster, &module, "RolledBack").await;
 
     // A second override without a release beneath it: deleting keeps its module, and says so.
     let other = format!("{}-n", s.id.0);
@@ -256,20 +264,7 @@ async fn deleting_with_rollback_switches_back_to_the_version_from_before_the_ove
         Some(other_digest.trim_start_matches("sha256:")),
         "nothing to roll back to: the override's module stays"
     );
-    let selector = format!("regarding.name={other},reason=NothingToRollBackTo");
-    wait_for("the NothingToRollBackTo event", WAIT, || async {
-        let events = cluster.kubectl_ok(&[
-            "get",
-            "events.events.k8s.io",
-            "-A",
-            "--field-selector",
-            &selector,
-            "-o",
-            "name",
-        ]);
-        (!events.trim().is_empty()).then_some(())
-    })
-    .await;
+    wait_for_event(cluster, &other, "NothingToRollBackTo").await;
 }
 
 #[tokio::test]

@@ -172,7 +172,6 @@ async fn try_pass(
     let image = ModuleRef::new(registry.repo().clone(), &name, &mpo.spec.image_tag)
         .map_err(|e| PassError::BadSpec(e.to_string()))?;
     let recorded = recorded_digest(mpo);
-    remember_the_version_before_overrides(ctx, &name);
     if let Some(pin) = pinned_digest(mpo)? {
         return apply_pin(ctx, &registry, &image, mpo, recorded.as_ref(), pin, renew).await;
     }
@@ -213,6 +212,7 @@ async fn try_pass(
             changed: true,
         });
     }
+    remember_the_version_before_overrides(ctx, &name);
     // A version kept on disk (the tag moved back, or this replica led before): a switch of
     // `dev`, no download. A forced renew asks for the download.
     if renew != Renew::Force
@@ -301,6 +301,7 @@ async fn apply_pin(
             changed,
         });
     }
+    remember_the_version_before_overrides(ctx, name);
     if renew != Renew::Force
         && let Some(report) = switch_to_kept(&ctx.store, image, &pin)
             .await
@@ -334,8 +335,9 @@ async fn apply_pin(
 }
 
 /// Before an override first switches the module, the version another process had active (a
-/// release) is recorded and kept, for `spec.rollback` on delete. Best effort: a failure only
-/// loses that rollback, which the deletion then says.
+/// release) is recorded and kept, for `spec.rollback` on delete. Called only right before a
+/// switch, so an idle pass reads no extra file. Best effort: a failure only loses that
+/// rollback, which the deletion then says.
 fn remember_the_version_before_overrides(ctx: &Context, module: &str) {
     if let Err(err) = ctx.store.mark_before_override(module) {
         warn!(mpo = %module, "cannot record the version from before the override: {err}");
@@ -370,6 +372,7 @@ pub(super) async fn restore_digest(
     image: &ModuleRef,
     digest: &Digest,
 ) -> Result<crate::install::Report, crate::install::InstallError> {
+    remember_the_version_before_overrides(ctx, image.module());
     if let Some(report) = switch_to_kept(&ctx.store, image, digest).await? {
         return Ok(report);
     }
