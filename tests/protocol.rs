@@ -295,6 +295,16 @@ async fn a_tag_list_in_pages_is_listed_whole() {
     let proxy = FaultProxy::start(&s.registry);
     proxy.fail_method("GET", "/tags/list", Fault::PageTags(2));
     s.route_source_through(proxy.host());
+    // The first scan went to the registry directly and may already have listed all five: wait
+    // for a scan through the proxy's pages first, then for the whole list.
+    wait_for("a scan through pages of two", WAIT, || async {
+        proxy
+            .matching("GET", "/tags/list")
+            .iter()
+            .any(|p| p.path.contains("last="))
+            .then_some(())
+    })
+    .await;
     wait_for(
         "all five modules listed through pages of two",
         WAIT,
