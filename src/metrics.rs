@@ -30,6 +30,11 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     method: String,
     status: String,
@@ -54,6 +59,8 @@ pub struct Metrics {
     install_seconds: Histogram,
     renew_seconds: Histogram,
     leader: Gauge,
+    standby_digests: Family<StateLabel, Gauge>,
+    standby_shared: Gauge,
     last_checks: Arc<LastChecks>,
     /// MPO name → when a renew annotation was first seen on it, until a pass handled it.
     renews: Mutex<HashMap<String, Instant>>,
@@ -86,6 +93,8 @@ impl Metrics {
             install_seconds: seconds_histogram(),
             renew_seconds: seconds_histogram(),
             leader: Gauge::default(),
+            standby_digests: Family::default(),
+            standby_shared: Gauge::default(),
             last_checks: Arc::default(),
             renews: Mutex::default(),
             ready: AtomicBool::new(false),
@@ -100,7 +109,7 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "mpo_restores",
-            "Recorded digests a new leader restored onto its disk before its first passes, by result (restored, failed)",
+            "Recorded digests pulled or switched onto this disk by a new leader before its first passes or by a warm standby, by result (restored, failed)",
             self.restores.clone(),
         );
         r.register(
@@ -152,10 +161,21 @@ impl Metrics {
             "1 while this replica holds the lease (or runs without leader election), else 0",
             self.leader.clone(),
         );
+        r.register(
+            "mpo_standby_digests",
+            "On a standby: recorded status.imageDigests active on its own disk (held) and not (missing)",
+            self.standby_digests.clone(),
+        );
+        r.register(
+            "mpo_standby_volume_shared",
+            "1 while this standby leaves its download directory alone because another replica writes it",
+            self.standby_shared.clone(),
+        );
         r.register_collector(Box::new(self.last_checks.clone()));
     }
 
-    /// One recorded digest restored (`restored`) or not (`failed`) at a new leader's start.
+    /// One recorded digest restored (`restored`) or not (`failed`): at a new leader's start or by a
+    /// warm standby.
     pub fn restore_done(&self, result: &'static str) {
         self.restores.get_or_create(&ResultLabel { result }).inc();
     }
@@ -205,6 +225,19 @@ impl Metrics {
     pub fn forget(&self, mpo: &str) {
         lock(&self.last_checks.0).remove(mpo);
         lock(&self.renews).remove(mpo);
+    }
+
+    /// What a standby's disk holds of the recorded digests.
+    pub fn set_standby_digests(&self, held: usize, missing: usize) {
+        for (state, count) in [("held", held), ("missing", missing)] {
+            self.standby_digests
+                .get_or_create(&StateLabel { state })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn set_standby_volume_shared(&self, shared: bool) {
+        self.standby_shared.set(i64::from(shared));
     }
 
     pub fn set_leader(&self, leader: bool) {

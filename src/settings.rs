@@ -72,6 +72,13 @@ pub struct Settings {
     #[arg(long, env = "MPO_LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set)]
     pub leader_election: bool,
 
+    /// While a replica waits for the lease, pull every recorded `status.imageDigest` into its
+    /// own download directory (it writes nothing to the API), so that a failover downloads
+    /// nothing and a consumer beside any replica sees the modules. Skipped where the directory
+    /// is another replica's too.
+    #[arg(long, env = "MPO_WARM_STANDBY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub warm_standby: bool,
+
     /// Namespace of the leader-election Lease (default: the pod's namespace, else `default`).
     #[arg(long, env = "MPO_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,

@@ -211,16 +211,47 @@ async fn one_leader_reconciles_and_a_standby_takes_over() {
     );
     assert!(leads(&first));
 
-    let (module, _) = s.ready_module("1h").await;
+    let (module, digest) = s.ready_module("1h").await;
     assert!(
         first.module_dir(&module).join("dev").exists(),
         "the leader downloaded"
     );
-    assert!(
-        !second.module_dir(&module).exists(),
-        "the standby did nothing"
+    // Warm standby: the standby pulls the recorded digest into its own directory.
+    let active = |operator: &Operator| {
+        std::fs::read_link(operator.module_dir(&module).join("dev"))
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+    };
+    let hex = digest.trim_start_matches("sha256:").to_owned();
+    wait_for("the standby to hold the recorded digest", WAIT, || async {
+        (active(&second).as_deref() == Some(hex.as_str())).then_some(())
+    })
+    .await;
+    assert_eq!(
+        support::scenario::sorted(support::scenario::files_under(
+            &second.module_dir(&module).join("dev")
+        )),
+        support::scenario::sorted(support::scenario::files_under(
+            &first.module_dir(&module).join("dev")
+        )),
+        "the standby's files are the leader's"
     );
-
+    wait_for("the standby to count it held", WAIT, || async {
+        let (_, metrics) = second.http_get("/metrics")?;
+        (metrics.contains("mpo_standby_digests{state=\"held\"} 1")
+            && metrics.contains("mpo_standby_digests{state=\"missing\"} 0"))
+        .then_some(())
+    })
+    .await;
+    let standby_agent = format!("({})", replica_identity(&second));
+    let standby_writes: Vec<_> = audited_writes()
+        .into_iter()
+        .filter(|w| w.agent.contains(&standby_agent))
+        .collect();
+    assert!(
+        standby_writes.is_empty(),
+        "the standby wrote to the API: {standby_writes:?}"
+    );
     // Metrics of the leader moved.
     let (code, metrics) = first.http_get("/metrics").expect("metrics");
     assert_eq!(code, 200);
@@ -243,13 +274,23 @@ async fn one_leader_reconciles_and_a_standby_takes_over() {
         .expect("bytes counter");
     assert!(downloaded > 0.0, "{metrics}");
 
-    // Kill the leader: the standby takes over within the lease duration and fills its own disk.
+    // Kill the leader: the standby takes over within the lease duration and downloads nothing,
+    // its first pass finding the recorded digest already active.
+    let blobs_before = s.registry.count_requests("GET", "/blobs/");
     first.kill();
     let took = std::time::Instant::now();
     wait_for(
-        "the standby to take over",
+        "the standby to take over and check",
         Duration::from_secs(40),
-        || async { (second.module_dir(&module).join("dev/module.yaml").is_file()).then_some(()) },
+        || async {
+            let (_, metrics) = second.http_get("/metrics")?;
+            let unchanged = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("mpo_reconciles_total{result=\"Unchanged\"} "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            (leads(&second) && unchanged >= 1.0).then_some(())
+        },
     )
     .await;
     assert!(
@@ -257,6 +298,12 @@ async fn one_leader_reconciles_and_a_standby_takes_over() {
         "took over after {:?}",
         took.elapsed()
     );
+    assert_eq!(
+        s.registry.count_requests("GET", "/blobs/"),
+        blobs_before,
+        "the new leader downloaded a blob"
+    );
+    assert_eq!(active(&second).as_deref(), Some(hex.as_str()));
     assert_eq!(second.http_get("/readyz").map(|r| r.0), Some(200));
     assert!(leads(&second), "the standby leads now");
 
@@ -280,6 +327,65 @@ async fn one_leader_reconciles_and_a_standby_takes_over() {
         handover.elapsed()
     );
     s.operator = third;
+}
+
+/// A standby whose download directory is the leader's (a shared hostPath) writes nothing to it
+/// and says why; one with `--warm-standby=false` pulls nothing, while a private one does.
+#[tokio::test]
+async fn a_standby_on_the_leaders_volume_or_turned_off_leaves_its_directory_alone() {
+    let cluster = require_cluster!();
+    let (mut s, lease_name) = leader_scenario(cluster, "shared").await;
+    let lease = lease_flags(&lease_name);
+    let leader = Operator::start(cluster, &s.id, &lease);
+    wait_for("the first replica to lead", WAIT, || async {
+        leads(&leader).then_some(())
+    })
+    .await;
+    let sharing = Operator::start_in(cluster, &s.id, leader.download_root(), &lease);
+    let mut off_flags = lease.to_vec();
+    off_flags.push("--warm-standby=false");
+    let off = Operator::start(cluster, &s.id, &off_flags);
+    let warm = Operator::start(cluster, &s.id, &lease);
+    for (what, standby) in [("sharing", &sharing), ("off", &off), ("warm", &warm)] {
+        wait_for(&format!("the {what} standby to be ready"), WAIT, || async {
+            (standby.http_get("/readyz")?.0 == 200).then_some(())
+        })
+        .await;
+    }
+    let (module, digest) = s.ready_module("1h").await;
+    let hex = digest.trim_start_matches("sha256:");
+    wait_for("the warm standby to hold the digest", WAIT, || async {
+        let target = std::fs::read_link(warm.module_dir(&module).join("dev")).ok()?;
+        (target.file_name()? == hex).then_some(())
+    })
+    .await;
+    wait_for("the sharing standby to stand aside", WAIT, || async {
+        let (_, metrics) = sharing.http_get("/metrics")?;
+        metrics
+            .lines()
+            .any(|l| l == "mpo_standby_volume_shared 1")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        sharing
+            .log()
+            .contains("not writing the download directory: another running operator holds it"),
+        "{}",
+        sharing.log()
+    );
+    assert!(
+        !sharing.log().contains("pulling recorded digests"),
+        "{}",
+        sharing.log()
+    );
+    assert!(
+        !off.module_dir(&module).exists(),
+        "the standby turned off pulled"
+    );
+    assert!(!off.log().contains("warm standby"), "{}", off.log());
+    assert!(leads(&leader));
+    s.operator = leader;
 }
 
 #[tokio::test]

@@ -721,7 +721,7 @@ fn assert_unharmed(w: &World, before: &Before, what: &str) {
     let root = w.s.operator.download_root();
     assert_eq!(
         names_in(root),
-        [w.module.as_str(), "modules"],
+        [".writer", w.module.as_str(), "modules"],
         "{what}: download dir"
     );
     assert_eq!(

@@ -74,14 +74,19 @@ async fn a_restarted_operator_downloads_every_module_again_onto_an_empty_disk() 
     std::fs::remove_dir_all(s.operator.download_root()).expect("wipe");
     s.operator.restart();
     for (module, digest, image) in &expected {
-        wait_for(&format!("{module} on disk again"), WAIT, || async {
-            (files_under(&s.version_dir(module, digest)) == sorted(image.files())).then_some(())
-        })
+        // The version directory is whole before `dev` is swapped to it: wait for both (it
+        // failed once in CI, looked at between the two renames).
+        wait_for(
+            &format!("{module} on disk again and active"),
+            WAIT,
+            || async {
+                (files_under(&s.version_dir(module, digest)) == sorted(image.files())
+                    && s.active_hex(module).as_deref()
+                        == Some(digest.trim_start_matches("sha256:")))
+                .then_some(())
+            },
+        )
         .await;
-        assert_eq!(
-            s.active_hex(module).as_deref(),
-            Some(digest.trim_start_matches("sha256:"))
-        );
     }
 }
 

@@ -176,6 +176,14 @@ impl Node {
     fn mpo(&self) -> Value {
         self.json(&["get", "mop", MODULE])
     }
+
+    /// Blob GETs of the module in the node registry's access log so far.
+    fn blob_gets(&self) -> usize {
+        let log = std::fs::read_to_string(self.dir.join("logs/registry.log"))
+            .expect("the node registry's log");
+        let blobs = format!("\"GET /v2/deckhouse/modules/{MODULE}/blobs/");
+        log.lines().filter(|l| l.contains(&blobs)).count()
+    }
 }
 
 /// deploy/ as a user would overlay it: only the image, and `imagePullPolicy: Never` because
@@ -413,8 +421,20 @@ async fn the_deployment_runs_on_a_real_node_rolls_out_and_fails_over() {
     })
     .await;
 
-    // Deleting the leader pod: another replica leads within the lease and materialises the
-    // recorded digest on its own (empty) volume.
+    // Warm standbys: every replica's own volume holds the recorded digest, the standby's
+    // pulled while it waited for the lease.
+    for (pod, uid, _) in node.pods() {
+        wait_for(
+            &format!("the module on {pod}'s volume"),
+            ROLLOUT,
+            || async { module_yaml(&uid).is_file().then_some(()) },
+        )
+        .await;
+    }
+    let blobs_before = node.blob_gets();
+
+    // Deleting the leader pod: another replica leads within the lease, with the recorded
+    // digest already on its volume, and downloads nothing.
     node.kubectl_ok(&["-n", NS, "delete", "pod", &new_leader, "--wait=false"]);
     let deleted_at = Instant::now();
     let (successor, successor_uid) = wait_for(
@@ -438,4 +458,20 @@ async fn the_deployment_runs_on_a_real_node_rolls_out_and_fails_over() {
         "took over after {took:?}"
     );
     assert_eq!(node.mpo()["status"]["imageDigest"], pushed.as_str());
+    wait_for(
+        "the successor to find the recorded digest on its disk",
+        ROLLOUT,
+        || async {
+            let logs = node.kubectl(&["-n", NS, "logs", &successor]);
+            String::from_utf8_lossy(&logs.stdout)
+                .contains("every recorded digest is already on this disk")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        node.blob_gets(),
+        blobs_before,
+        "the new leader downloaded a blob"
+    );
 }

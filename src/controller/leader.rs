@@ -391,6 +391,12 @@ fn lease_namespace(settings: &Settings) -> String {
 
 /// `<--identity or hostname>-<pid>`: unique per process, also for two replicas on one host.
 pub(crate) fn identity(settings: &Settings) -> String {
+    format!("{}-{}", replica_name(settings), std::process::id())
+}
+
+/// `--identity` (the pod name in deploy/), else the hostname: the same across restarts of one
+/// replica's container, which is what names the writer of a download directory.
+pub(crate) fn replica_name(settings: &Settings) -> String {
     settings
         .identity
         .clone()
@@ -399,8 +405,7 @@ pub(crate) fn identity(settings: &Settings) -> String {
                 .ok()
                 .map(|h| h.trim().to_owned())
         })
-        .map(|id| format!("{id}-{}", std::process::id()))
-        .unwrap_or_else(|| format!("mpo-operator-{}", std::process::id()))
+        .unwrap_or_else(|| "mpo-operator".to_owned())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod scan;
 pub mod schedule;
 mod source;
 mod sources;
+mod standby;
 pub mod status;
 pub mod triggers;
 
@@ -115,21 +116,38 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
         },
     )
     .with_kept_versions(usize::from(settings.keep_versions));
+    let standby = standby::Standby::start(client.clone(), &store, &settings, metrics.clone());
     let leadership = if settings.leader_election {
         tokio::select! {
-            leadership = leader::Leadership::acquire(client.clone(), &settings) => Some(leadership?),
-            () = shutdown.cancelled() => return Ok(()),
+            leadership = leader::Leadership::acquire(client.clone(), &settings) => Some(leadership),
+            () = shutdown.cancelled() => None,
         }
     } else {
         None
     };
+    if let Some(standby) = standby {
+        standby.stop().await;
+    }
+    let leadership = match leadership {
+        Some(leadership) => Some(leadership?),
+        None if settings.leader_election => return Ok(()),
+        None => None,
+    };
     metrics.set_leader(true);
     // A new leader is ready again once its caches are synced.
     metrics.set_ready(false);
-    // Only the leader sweeps: with a shared volume, a starting standby would otherwise remove
-    // the leader's staging directory in the middle of its download.
-    let swept = match store.sweep() {
-        Ok(swept) => swept,
+    // Only the leader claims and sweeps: with a shared volume, a starting standby would
+    // otherwise remove the leader's staging directory in the middle of its download.
+    let claimed = store
+        .claim_for_writing(&leader::replica_name(&settings))
+        .and_then(|claim| Ok((claim, store.sweep()?)));
+    let (_claim, swept) = match claimed {
+        Ok((claim, swept)) => {
+            if !claim.exclusive {
+                warn!(dir = %settings.download_dir.display(), "another operator process holds the download directory: replicas share this volume; the lease decides who writes");
+            }
+            (claim, swept)
+        }
         Err(err) => {
             // Give the lease back: this container restarts with the same identity and would
             // retake it at once, failing again, while a healthy standby waits.

@@ -36,14 +36,22 @@ pub async fn restore_recorded_first(ctx: &Arc<Context>, stop: &CancellationToken
             return 0;
         }
     };
-    let missing: Vec<(ModulePullOverride, Digest)> = mpos
+    let recorded: Vec<(ModulePullOverride, Digest)> = mpos
         .into_iter()
-        .filter_map(|mpo| {
-            let digest = recorded(&mpo)?;
-            (!ctx.store.is_active(&mpo.name_any(), &digest)).then_some((mpo, digest))
-        })
+        .filter_map(|mpo| Some((recorded(&mpo)?, mpo)))
+        .map(|(digest, mpo)| (mpo, digest))
+        .collect();
+    let held = recorded.len();
+    let missing: Vec<(ModulePullOverride, Digest)> = recorded
+        .into_iter()
+        .filter(|(mpo, digest)| !ctx.store.is_active(&mpo.name_any(), digest))
         .collect();
     if missing.is_empty() {
+        // A warm standby's takeover: nothing to download.
+        info!(
+            recorded = held,
+            "every recorded digest is already on this disk; passes start"
+        );
         return 0;
     }
     let total = missing.len();
@@ -80,12 +88,12 @@ pub async fn restore_recorded_first(ctx: &Arc<Context>, stop: &CancellationToken
     restored
 }
 
-fn recorded(mpo: &ModulePullOverride) -> Option<Digest> {
+pub(super) fn recorded(mpo: &ModulePullOverride) -> Option<Digest> {
     mpo.status.as_ref()?.image_digest.as_deref()?.parse().ok()
 }
 
 /// One recorded digest; failures are logged and left to the MPO's own pass.
-async fn restore_one(ctx: &Arc<Context>, mpo: ModulePullOverride, digest: Digest) -> bool {
+pub(super) async fn restore_one(ctx: &Context, mpo: ModulePullOverride, digest: Digest) -> bool {
     let name = mpo.name_any();
     let Some(source) = ctx
         .sources

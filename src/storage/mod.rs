@@ -6,6 +6,7 @@
 //! <root>/<module>/dev -> versions/<hex>    the current version, replaced atomically with rename
 //! <root>/<module>/.staging-<hex>-<random>  a download in progress (removed at startup)
 //! <root>/modules/<weight>-<module> -> ../<module>/dev
+//! <root>/.writer                          the writing replica's name, locked while it runs
 //! ```
 //! A download goes [`ModuleStore::stage`] → [`Staging::apply_layer`] (per layer, in order) →
 //! [`Staging::validate`] → [`Staging::commit`]. Dropping a [`Staging`] before `commit` removes
@@ -20,6 +21,7 @@ mod sweep;
 mod tree;
 mod unpack;
 mod validate;
+mod writer;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -37,6 +39,7 @@ use crate::digest::Digest;
 
 pub use error::{FailureClass, LimitKind, StorageError};
 pub use kept::DEFAULT_KEPT_VERSIONS;
+pub use writer::{Sharing, WRITER_FILE, WriterClaim};
 
 /// Caps on what one image may unpack to (SPEC §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -35,9 +35,24 @@ impl Operator {
         Self::start_inner(kubeconfig, &id.label(), extra)
     }
 
+    /// Starts an operator whose download directory is `download_dir` (another's: a shared volume).
+    pub fn start_in(cluster: &Cluster, id: &TestId, download_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with(&cluster.kubeconfig, &id.label(), Some(download_dir), extra)
+    }
+
     fn start_inner(kubeconfig: &Path, selector: &str, extra: &[&str]) -> Self {
+        Self::start_with(kubeconfig, selector, None, extra)
+    }
+
+    fn start_with(
+        kubeconfig: &Path,
+        selector: &str,
+        download_dir: Option<&Path>,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let download_dir = dir.path().join("downloaded");
+        let download_dir =
+            download_dir.map_or_else(|| dir.path().join("downloaded"), Path::to_owned);
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
