@@ -16,5 +16,6 @@ pub mod server;
 pub mod settings;
 pub mod storage;
 pub mod telemetry;
+pub mod webhook;
 
 pub use digest::Digest;

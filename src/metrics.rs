@@ -35,6 +35,12 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    sender: &'static str,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     method: String,
     status: String,
@@ -61,6 +67,8 @@ pub struct Metrics {
     leader: Gauge,
     standby_digests: Family<StateLabel, Gauge>,
     standby_shared: Gauge,
+    webhook_requests: Family<WebhookLabels, Counter>,
+    webhook_wakes: Counter,
     last_checks: Arc<LastChecks>,
     /// MPO name → when a renew annotation was first seen on it, until a pass handled it.
     renews: Mutex<HashMap<String, Instant>>,
@@ -95,6 +103,8 @@ impl Metrics {
             leader: Gauge::default(),
             standby_digests: Family::default(),
             standby_shared: Gauge::default(),
+            webhook_requests: Family::default(),
+            webhook_wakes: Counter::default(),
             last_checks: Arc::default(),
             renews: Mutex::default(),
             ready: AtomicBool::new(false),
@@ -171,6 +181,16 @@ impl Metrics {
             "1 while this standby leaves its download directory alone because another replica writes it",
             self.standby_shared.clone(),
         );
+        r.register(
+            "mpo_webhook_requests",
+            "Push notifications answered, by sender path and HTTP status",
+            self.webhook_requests.clone(),
+        );
+        r.register(
+            "mpo_webhook_wakes",
+            "Overrides a push notification handed a check to",
+            self.webhook_wakes.clone(),
+        );
         r.register_collector(Box::new(self.last_checks.clone()));
     }
 
@@ -238,6 +258,17 @@ impl Metrics {
 
     pub fn set_standby_volume_shared(&self, shared: bool) {
         self.standby_shared.set(i64::from(shared));
+    }
+
+    pub fn webhook_answered(&self, sender: &'static str, code: u16) {
+        self.webhook_requests
+            .get_or_create(&WebhookLabels { sender, code })
+            .inc();
+    }
+
+    pub fn webhook_woke(&self, count: usize) {
+        self.webhook_wakes
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
     }
 
     pub fn set_leader(&self, leader: bool) {

@@ -79,6 +79,17 @@ pub struct Settings {
     #[arg(long, env = "MPO_WARM_STANDBY", default_value_t = true, action = clap::ArgAction::Set)]
     pub warm_standby: bool,
 
+    /// Listen for push notifications (registry webhooks, CI) on this address, e.g.
+    /// `0.0.0.0:9443`: a push checks the overrides following the pushed tag at once. Off when
+    /// unset; needs --webhook-token-file.
+    #[arg(long, env = "MPO_WEBHOOK_ADDR", requires = "webhook_token_file")]
+    pub webhook_addr: Option<SocketAddr>,
+
+    /// File with the token webhook senders must show (a mounted Secret: re-read per request, so
+    /// a rotation needs no restart). Never logged.
+    #[arg(long, env = "MPO_WEBHOOK_TOKEN_FILE")]
+    pub webhook_token_file: Option<PathBuf>,
+
     /// Namespace of the leader-election Lease (default: the pod's namespace, else `default`).
     #[arg(long, env = "MPO_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,

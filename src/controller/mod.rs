@@ -62,6 +62,8 @@ pub enum StartError {
     Lease(#[from] leader::LeaseError),
     #[error("lost the leadership; exiting so that this replica starts over as a candidate")]
     LostLeadership,
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookError),
 }
 
 /// How long any apiserver request may take to answer (its response headers; a watch's events
@@ -102,6 +104,24 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     crate::registry::set_max_requests_per_host(settings.registry_max_concurrent_requests);
     let client = kube_client(&leader::identity(&settings)).await?;
     preflight(&client).await?;
+    // Every replica listens: a Service spreads the notifications, and each is handed to the
+    // leader through the API.
+    let webhook = match (settings.webhook_addr, &settings.webhook_token_file) {
+        (Some(addr), Some(token_file)) => Some(
+            crate::webhook::serve(
+                crate::webhook::Config {
+                    addr,
+                    token_file: token_file.clone(),
+                    selector: settings.watch_selector.clone(),
+                },
+                client.clone(),
+                metrics.clone(),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    let _webhook = AbortOnDrop(webhook);
     // Ready means healthy and, for the leader, caches synced: a standby that reached the
     // apiserver is ready too, so that a rollout (which waits for new pods to be Ready) completes.
     metrics.set_leader(false);
@@ -118,8 +138,14 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     .with_kept_versions(usize::from(settings.keep_versions));
     let standby = standby::Standby::start(client.clone(), &store, &settings, metrics.clone());
     let leadership = if settings.leader_election {
+        let candidacy = async {
+            if let Some(standby) = &standby {
+                standby.warmed(standby::WARM_UP_BOUND).await;
+            }
+            leader::Leadership::acquire(client.clone(), &settings).await
+        };
         tokio::select! {
-            leadership = leader::Leadership::acquire(client.clone(), &settings) => Some(leadership),
+            leadership = candidacy => Some(leadership),
             () = shutdown.cancelled() => None,
         }
     } else {
@@ -280,6 +306,17 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
         Err(StartError::LostLeadership)
     } else {
         Ok(())
+    }
+}
+
+/// Stops a background task when `run` returns, whichever way.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 

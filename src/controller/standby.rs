@@ -38,12 +38,16 @@ const SETTLE: Duration = Duration::from_millis(500);
 const RECHECK: Duration = Duration::from_secs(30);
 /// A digest whose pull failed is not tried again before this.
 const RETRY_FAILED: Duration = Duration::from_secs(30);
+/// The longest a replica waits for its first round before it stands for the lease.
+pub const WARM_UP_BOUND: Duration = Duration::from_secs(60);
 
 /// The running warm-up of a standby.
 pub struct Standby {
     stop: CancellationToken,
     /// Read by the commit gate on the blocking thread, which the stop cannot drop.
     stopped: Arc<AtomicBool>,
+    /// True once the first round is over (pulled, failed or skipped).
+    warmed: tokio::sync::watch::Receiver<bool>,
     task: JoinHandle<()>,
 }
 
@@ -78,12 +82,31 @@ impl Standby {
             Arc::new(Flags::with_manager(String::new())),
             Fence::new(None),
         );
-        let task = tokio::spawn(warm(Arc::new(ctx), source_writer, replica, stop.clone()));
+        let (warmed_tx, warmed) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(warm(
+            Arc::new(ctx),
+            source_writer,
+            replica,
+            warmed_tx,
+            stop.clone(),
+        ));
         Some(Self {
             stop,
             stopped,
+            warmed,
             task,
         })
+    }
+
+    /// Until the first round is over, at most `within`. A replica stands for the lease only
+    /// then: a pod that just started with an empty volume would otherwise take a released lease
+    /// before a warm standby's next poll and download everything as the new leader.
+    pub async fn warmed(&self, within: Duration) {
+        let mut warmed = self.warmed.clone();
+        let waited = tokio::time::timeout(within, warmed.wait_for(|done| *done)).await;
+        if waited.is_err() {
+            info!(?within, "warm standby: still pulling; standing for the lease anyway");
+        }
     }
 
     /// Stops before this replica leads, so that nothing of the standby's runs beside the
@@ -102,6 +125,7 @@ async fn warm(
     ctx: Arc<Context>,
     source_writer: reflector::store::Writer<ModuleSource>,
     replica: String,
+    warmed: tokio::sync::watch::Sender<bool>,
     stop: CancellationToken,
 ) {
     let changed = Notify::new();
@@ -118,7 +142,7 @@ async fn warm(
     tokio::select! {
         () = follow(source_events, &changed) => {}
         () = follow(mpo_events, &changed) => {}
-        () = rounds(&ctx, &mpos, &changed, &replica, &stop) => {}
+        () = rounds(&ctx, &mpos, &changed, &replica, &warmed, &stop) => {}
         () = stop.cancelled() => {}
     }
     ctx.fence.cancel();
@@ -148,9 +172,11 @@ async fn rounds(
     mpos: &reflector::Store<ModulePullOverride>,
     changed: &Notify,
     replica: &str,
+    warmed: &tokio::sync::watch::Sender<bool>,
     stop: &CancellationToken,
 ) {
     if ctx.sources.wait_until_ready().await.is_err() || mpos.wait_until_ready().await.is_err() {
+        warmed.send_replace(true);
         return;
     }
     info!("warm standby: pulling the recorded digests into this replica's download directory");
@@ -175,6 +201,7 @@ async fn rounds(
                 }
             }
         }
+        warmed.send_replace(true);
         tokio::select! {
             () = changed.notified() => {}
             () = tokio::time::sleep(RECHECK) => {}

@@ -96,6 +96,8 @@ pub struct TestRegistry {
     ca_pem: Option<String>,
     ca_file: Option<PathBuf>,
     token_server: Option<TokenServer>,
+    /// `notifications:` of the config: where the registry sends its push events.
+    notifications: Option<String>,
     running: Option<Running>,
 }
 
@@ -158,6 +160,7 @@ impl TestRegistry {
             ca_pem,
             ca_file,
             token_server,
+            notifications: None,
             running: None,
         };
         for _ in 0..PORT_ATTEMPTS {
@@ -314,6 +317,16 @@ impl TestRegistry {
         }
     }
 
+    /// Restarts the registry sending its real notifications (distribution's own retry and
+    /// backoff) to `url` with `Authorization: Bearer <token>`; pulls are not sent.
+    pub fn send_notifications_to(&mut self, url: &str, token: &str) -> Result<()> {
+        self.notifications = Some(format!(
+            "notifications:\n  events:\n    includereferences: true\n  endpoints:\n    - name: mpo-operator\n      url: {url}\n      headers:\n        Authorization: [\"Bearer {token}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 200ms\n      ignore:\n        actions: [pull]\n"
+        ));
+        self.write_config()?;
+        self.restart()
+    }
+
     fn set_port(&mut self, port: u16) {
         self.port = port;
         self.host = format!("127.0.0.1:{port}");
@@ -349,6 +362,9 @@ impl TestRegistry {
         }
         if let Some(server) = &self.token_server {
             yaml.push_str(&super::token_server::registry_auth_yaml(server));
+        }
+        if let Some(notifications) = &self.notifications {
+            yaml.push_str(notifications);
         }
         let path = self.config_path();
         fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))

@@ -13,3 +13,4 @@ pub mod renew;
 pub mod status;
 pub mod tags;
 pub mod undo;
+pub mod webhook;
