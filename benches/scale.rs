@@ -28,12 +28,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use futures::{StreamExt, TryStreamExt};
-use kube::{Api, api::PostParams};
-use mpo_operator::crd::{ModulePullOverride, ModulePullOverrideSpec, ScanInterval};
+use kube::Api;
+use mpo_operator::crd::ModulePullOverride;
 use support::{
     Operator, TestId,
-    images::{ModuleImage, push, push_module_names},
+    bulk::{create_mpos, env_list, push_images, wait_all_ready},
+    images::push_module_names,
     registry::{RegistryKind, TestRegistry},
     scenario::REPO_PATH,
 };
@@ -118,7 +118,14 @@ async fn run(
     ));
     let client = cluster.client().await;
     let api = Api::<ModulePullOverride>::all(client.clone());
-    create_mpos(&api, &id, &source, &modules).await?;
+    create_mpos(
+        &api,
+        &id,
+        &source,
+        &modules,
+        &format!("{INTERVAL_SECONDS}s"),
+    )
+    .await?;
 
     let api_before = apiserver_requests(cluster)?;
     let latency_before = apiserver_latency(cluster)?;
@@ -342,99 +349,6 @@ fn pass_histogram(operator: &Operator) -> Result<BTreeMap<String, (f64, u64)>> {
     ))
 }
 
-/// Small distinct module images, eight pushes at a time.
-async fn push_images(registry: &TestRegistry, modules: &[String]) -> Result<()> {
-    futures::stream::iter(modules)
-        .map(|module| async move {
-            let image = ModuleImage::module(module, 900, module);
-            push(registry, &format!("{REPO_PATH}/{module}"), "dev", &image).await
-        })
-        .buffer_unordered(8)
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok(())
-}
-
-/// Creates the MPOs through the API, sixteen requests at a time (kubectl would take minutes).
-async fn create_mpos(
-    api: &Api<ModulePullOverride>,
-    id: &TestId,
-    source: &str,
-    modules: &[String],
-) -> Result<()> {
-    futures::stream::iter(modules)
-        .map(|module| async move {
-            let mut mpo = ModulePullOverride::new(
-                module,
-                ModulePullOverrideSpec {
-                    image_tag: "dev".into(),
-                    source: source.to_owned(),
-                    scan_interval: ScanInterval::new(format!("{INTERVAL_SECONDS}s")),
-                    image_digest: None,
-                    rollback: None,
-                },
-            );
-            mpo.metadata.labels = Some([("mpo-test".to_owned(), id.0.clone())].into());
-            api.create(&PostParams::default(), &mpo)
-                .await
-                .with_context(|| format!("creating mop/{module}"))?;
-            anyhow::Ok(())
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok(())
-}
-
-/// Waits until all `n` MPOs report a digest with an empty message, from a watch: polling with
-/// LIST costs the apiserver N objects per poll, which grows as N × duration and slowed the very
-/// cold start it measured (at N=3000, 96 LISTs took 21 s of the apiserver's CPU).
-async fn wait_all_ready(
-    api: &Api<ModulePullOverride>,
-    id: &TestId,
-    n: usize,
-    started: Instant,
-) -> Result<()> {
-    use kube::runtime::{WatchStreamExt, watcher};
-    let config = watcher::Config::default().labels(&id.label());
-    let events = watcher(api.clone(), config)
-        .default_backoff()
-        .applied_objects();
-    let mut events = std::pin::pin!(events);
-    let mut ready = std::collections::HashSet::new();
-    let mut last_print = Instant::now();
-    let deadline = Duration::from_secs(900);
-    while ready.len() < n {
-        let left = deadline.saturating_sub(started.elapsed());
-        let event = tokio::time::timeout(left, events.try_next())
-            .await
-            .map_err(|_| anyhow::anyhow!("only {} of {n} ready after 900 s", ready.len()))?
-            .context("MPO watch")?
-            .context("the MPO watch ended")?;
-        let name = event.metadata.name.clone().unwrap_or_default();
-        if is_ready(&event) {
-            ready.insert(name);
-        } else {
-            ready.remove(&name);
-        }
-        if last_print.elapsed() > Duration::from_secs(5) {
-            eprintln!(
-                "[scale] N={n}: {}/{n} ready after {:.0} s",
-                ready.len(),
-                started.elapsed().as_secs_f64()
-            );
-            last_print = Instant::now();
-        }
-    }
-    Ok(())
-}
-
-fn is_ready(mpo: &ModulePullOverride) -> bool {
-    mpo.status
-        .as_ref()
-        .is_some_and(|s| s.image_digest.is_some() && s.message.as_deref() == Some(""))
-}
-
 /// utime + stime of a process, in seconds (USER_HZ is 100 on Linux).
 fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -511,16 +425,4 @@ fn cleanup(cluster: &support::Cluster, id: &TestId, source: &str) {
     ]);
     let _ = cluster.kubectl(&["delete", "mop", "-l", &label, "--wait=false"]);
     let _ = cluster.kubectl(&["delete", &format!("ms/{source}"), "--wait=false"]);
-}
-
-fn env_list(name: &str, default: &str) -> Result<Vec<usize>> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .map(|v| {
-            v.trim()
-                .parse::<usize>()
-                .with_context(|| format!("{name}={v}"))
-        })
-        .collect()
 }

@@ -3,13 +3,16 @@
 # kube-apiserver + etcd and a real registry, the operator built with the release profile. Starts
 # the control plane like hack/test.sh, runs `cargo bench --bench scale`, stops it however it ends.
 #   MPO_BENCH_SCALE_N=100,1000,3000 MPO_BENCH_IDLE_SECONDS=60 bash hack/bench-scale.sh
+# The same for another benchmark on a control plane, e.g. benches/push.rs:
+#   MPO_BENCH_PUSH_IDLE=0,1000 MPO_BENCH_PUSHES=50,10 bash hack/bench-scale.sh push
 set -euo pipefail
+bench=${1:-scale}
 cd "$(dirname "$0")/.."
-log() { printf '[bench-scale] %s\n' "$*" >&2; }
+log() { printf '[bench-%s] %s\n' "$bench" "$*" >&2; }
 [ "${MPO_SKIP_INSTALL:-}" = 1 ] || bash hack/install-deps.sh >/dev/null
 [ -n "${KUBEBUILDER_ASSETS:-}" ] || bash hack/k8s-bins.sh >/dev/null
 log "building the benchmark and the operator (release profile)"
-cargo bench --locked --bench scale --no-run
+cargo bench --locked --bench "$bench" --no-run
 dir=$(mktemp -d "${TMPDIR:-/tmp}/mpo-control-plane.XXXXXX")
 trap 'bash hack/control-plane.sh stop "$dir"; rm -rf "$dir"' EXIT
 bash hack/control-plane.sh start "$dir" >/dev/null
@@ -17,4 +20,4 @@ bash hack/control-plane.sh start "$dir" >/dev/null
 . "$dir/env"
 # The benchmark reads the CPU time of etcd and kube-apiserver from the PIDs recorded there.
 export MPO_CONTROL_PLANE_DIR=$dir
-cargo bench --locked --bench scale
+cargo bench --locked --bench "$bench"

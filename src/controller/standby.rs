@@ -105,7 +105,10 @@ impl Standby {
         let mut warmed = self.warmed.clone();
         let waited = tokio::time::timeout(within, warmed.wait_for(|done| *done)).await;
         if waited.is_err() {
-            info!(?within, "warm standby: still pulling; standing for the lease anyway");
+            info!(
+                ?within,
+                "warm standby: still pulling; standing for the lease anyway"
+            );
         }
     }
 

@@ -358,9 +358,12 @@ async fn wake_matching(state: &Listener, sender: Sender, wakes: &[Wake]) -> Answ
         debug!(sender = sender.label(), "webhook: nothing pushed by tag");
         return Answer::new(StatusCode::ACCEPTED, r#"{"woken":[]}"#);
     }
-    if state.mpos.wait_until_ready().await.is_err()
-        || state.sources.wait_until_ready().await.is_err()
-    {
+    let synced = tokio::time::timeout(BODY_TIMEOUT, async {
+        state.mpos.wait_until_ready().await.is_ok()
+            && state.sources.wait_until_ready().await.is_ok()
+    })
+    .await;
+    if synced != Ok(true) {
         return Answer::new(StatusCode::SERVICE_UNAVAILABLE, "not synced yet");
     }
     let matched = matching_overrides(state, wakes);

@@ -3,6 +3,7 @@
 //! tests, the real operator binary and `kubectl` exactly as a user types it.
 #![allow(dead_code, unused_imports)]
 
+pub mod bulk;
 pub mod cluster;
 pub mod crafted;
 pub mod images;
