@@ -149,7 +149,23 @@ async fn run(
         let image = ModuleImage::module(&moving, 900, &format!("v{n}"));
         let digest = push(&registry, &format!("{REPO_PATH}/{moving}"), "dev", &image).await?;
         let pushed = Instant::now();
-        wait_for_digest(&api, &moving, &digest, Duration::from_secs(60)).await?;
+        if let Err(err) = wait_for_digest(&api, &moving, &digest, Duration::from_secs(60)).await {
+            let (_, metrics) = operator.http_get("/metrics").unwrap_or_default();
+            let hooks: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("mpo_webhook"))
+                .collect();
+            let notes: Vec<String> = registry
+                .log()
+                .lines()
+                .filter(|l| l.contains("notification") || l.contains("endpoint"))
+                .map(str::to_owned)
+                .collect();
+            bail!(
+                "push {n}: {err}\nwebhook metrics: {hooks:?}\nregistry notification lines (last 10): {:?}",
+                &notes[notes.len().saturating_sub(10)..]
+            );
+        }
         took.push(pushed.elapsed());
     }
     let window = window.elapsed();

@@ -97,6 +97,21 @@ async fn wait_for_listener(hook: &Hook) {
     .await;
 }
 
+/// A scenario whose operator listens for webhooks, once the listener answers.
+async fn listening(cluster: &'static support::Cluster, test: &str) -> (Hook, Scenario) {
+    let hook = Hook::new();
+    let s = Scenario::start(
+        cluster,
+        test,
+        RegistryKind::Plain,
+        &[],
+        &strs(&hook.flags()),
+    )
+    .await;
+    wait_for_listener(&hook).await;
+    (hook, s)
+}
+
 async fn push_version(s: &Scenario, module: &str, version: &str) -> String {
     s.push(module, "dev", &ModuleImage::module(module, 900, version))
         .await
@@ -105,16 +120,7 @@ async fn push_version(s: &Scenario, module: &str, version: &str) -> String {
 #[tokio::test]
 async fn a_registry_push_is_applied_at_once_through_its_notification() {
     let cluster = require_cluster!();
-    let hook = Hook::new();
-    let mut s = Scenario::start(
-        cluster,
-        "hook-registry",
-        RegistryKind::Plain,
-        &[],
-        &strs(&hook.flags()),
-    )
-    .await;
-    wait_for_listener(&hook).await;
+    let (hook, mut s) = listening(cluster, "hook-registry").await;
     s.registry
         .send_notifications_to(&hook.url("/hooks/registry"), TOKEN)
         .expect("registry restarted with notifications");
@@ -144,16 +150,7 @@ async fn a_registry_push_is_applied_at_once_through_its_notification() {
 #[tokio::test]
 async fn bad_webhook_input_is_refused_and_wakes_nothing() {
     let cluster = require_cluster!();
-    let hook = Hook::new();
-    let mut s = Scenario::start(
-        cluster,
-        "hook-bad",
-        RegistryKind::Plain,
-        &[],
-        &strs(&hook.flags()),
-    )
-    .await;
-    wait_for_listener(&hook).await;
+    let (hook, mut s) = listening(cluster, "hook-bad").await;
     let (module, applied) = s.ready_module(NEVER).await;
     let moved = push_version(&s, &module, "2").await;
     let named = format!(r#"{{"mpo":"{module}"}}"#).into_bytes();
@@ -255,16 +252,7 @@ type Payload = (&'static str, String, Vec<(&'static str, String)>, String);
 #[tokio::test]
 async fn each_vendors_payload_wakes_the_override_it_names() {
     let cluster = require_cluster!();
-    let hook = Hook::new();
-    let mut s = Scenario::start(
-        cluster,
-        "hook-vendors",
-        RegistryKind::Plain,
-        &[],
-        &strs(&hook.flags()),
-    )
-    .await;
-    wait_for_listener(&hook).await;
+    let (hook, mut s) = listening(cluster, "hook-vendors").await;
     let (module, _) = s.ready_module(NEVER).await;
     let host = s.registry.host().to_owned();
     let repository = format!("{REPO_PATH}/{module}");

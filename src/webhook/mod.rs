@@ -11,7 +11,7 @@
 //! `POST /hooks/<sender>` (`registry`, `harbor`, `dockerhub`, `quay`, `github`, `generic`), or
 //! `/hooks/<sender>/<token>` for senders that cannot set a header. Answers: 202 with the woken
 //! overrides (none for an unknown repository), 400 malformed, 401 without the token, 404, 405,
-//! 408 a body too slow, 413 a body over 1 MiB, 429 over the rate of one address, 503 not synced
+//! 408 a body too slow, 413 a body over 1 MiB, 429 after too many refusals from one address, 503 not synced
 //! yet or the hand-off failed (senders retry).
 
 mod auth;
@@ -212,6 +212,9 @@ async fn respond(
         .as_ref()
         .map_or("unknown", |(sender, _)| sender.label());
     let answer = answer(&state, remote.ip(), route, req).await;
+    if answer.status.is_client_error() && answer.status != StatusCode::TOO_MANY_REQUESTS {
+        lock(&state.rate).charge(remote.ip(), Instant::now());
+    }
     state
         .metrics
         .webhook_answered(sender, answer.status.as_u16());
@@ -237,10 +240,10 @@ async fn answer(
     route: Option<(Sender, Option<String>)>,
     req: Request<Incoming>,
 ) -> Answer {
-    if !lock(&state.rate).allow(remote, Instant::now()) {
+    if lock(&state.rate).exhausted(remote, Instant::now()) {
         return Answer::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "too many requests from this address",
+            "too many refused requests from this address",
         );
     }
     let Some((sender, path_token)) = route else {

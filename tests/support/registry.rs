@@ -318,7 +318,8 @@ impl TestRegistry {
     }
 
     /// Restarts the registry sending its real notifications (distribution's own retry and
-    /// backoff) to `url` with `Authorization: Bearer <token>`; pulls are not sent.
+    /// backoff) to `url` with `Authorization: Bearer <token>`. Debian's 2.8 sends pulls too
+    /// (`ignore` is distribution 3's).
     pub fn send_notifications_to(&mut self, url: &str, token: &str) -> Result<()> {
         self.notifications = Some(format!(
             "notifications:\n  events:\n    includereferences: true\n  endpoints:\n    - name: mpo-operator\n      url: {url}\n      headers:\n        Authorization: [\"Bearer {token}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 200ms\n      ignore:\n        actions: [pull]\n"
