@@ -134,6 +134,31 @@ async fn a_registry_push_is_applied_at_once_through_its_notification() {
         took.push(pushed.elapsed());
     }
     eprintln!("push → status.imageDigest through docker-registry's notifications: {took:?}");
+
+    // A new module name pushed to the source's root repository: its scan is due at once (the
+    // scan interval is 3 minutes).
+    let added = format!("{module}-added");
+    support::images::push_module_names(&s.registry, REPO_PATH, &[&added])
+        .await
+        .expect("module name pushed");
+    let listed = Instant::now();
+    wait_for(
+        "the source to list the new module",
+        Duration::from_secs(20),
+        || async {
+            let modules = s.source_object()["status"]["modules"].clone();
+            modules
+                .as_array()?
+                .iter()
+                .any(|m| m["name"] == added.as_str())
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "module name push → listed by the source: {:?}",
+        listed.elapsed()
+    );
     let (_, metrics) = s.operator.http_get("/metrics").expect("metrics");
     assert!(
         metrics.contains("mpo_webhook_requests_total{sender=\"registry\",code=\"202\"}"),

@@ -85,6 +85,11 @@ fn scan_fingerprint(source: &ModuleSource) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     source.metadata.uid.hash(&mut hasher);
     source.metadata.generation.hash(&mut hasher);
+    // A push notification for the root repository sets a `renew` of its own: scan now.
+    source
+        .annotations()
+        .get(crate::crd::RENEW_ANNOTATION)
+        .hash(&mut hasher);
     hasher.finish()
 }
 

@@ -32,11 +32,28 @@ pub fn wakes(wake: &Wake, target: &Override<'_>) -> bool {
     }
 }
 
+/// Whether `wake` is a push to the root repository of a source whose `spec.registry.repo` is
+/// `source_repo`: a tag there is a module name (SPEC §8), so the source's scan is due.
+pub fn lists_modules(wake: &Wake, source_repo: &str) -> bool {
+    match wake {
+        Wake::Mpo(_) => false,
+        Wake::Push { repository, .. } => {
+            let path = repo_path(source_repo);
+            !path.is_empty() && same_path(repository, path)
+        }
+    }
+}
+
+/// The path of `host[:port]/path` (a scheme tolerated).
+fn repo_path(repo: &str) -> &str {
+    let repo = repo.trim().trim_end_matches('/');
+    let repo = repo.split_once("://").map_or(repo, |(_, rest)| rest);
+    repo.split_once('/').map_or("", |(_, path)| path)
+}
+
 /// `<source repo path>/<name>`.
 fn image_path(target: &Override<'_>) -> Option<String> {
-    let repo = target.source_repo.trim().trim_end_matches('/');
-    let repo = repo.split_once("://").map_or(repo, |(_, rest)| rest);
-    let (_, path) = repo.split_once('/').unwrap_or((repo, ""));
+    let path = repo_path(target.source_repo);
     Some(if path.is_empty() {
         target.name.to_owned()
     } else {
@@ -89,6 +106,24 @@ mod tests {
             &echo("https://registry.example.com/deckhouse/modules/")
         ));
         assert!(wakes(&push("echo", "main"), &echo("registry.example.com")));
+    }
+
+    #[test]
+    fn a_push_to_the_source_root_is_a_module_name_listed() {
+        let repo = "registry.example.com/deckhouse/modules";
+        assert!(lists_modules(
+            &push("deckhouse/modules", "new-module"),
+            repo
+        ));
+        assert!(!lists_modules(
+            &push("deckhouse/modules/echo", "main"),
+            repo
+        ));
+        assert!(!lists_modules(&Wake::Mpo("echo".into()), repo));
+        assert!(!lists_modules(
+            &push("echo", "main"),
+            "registry.example.com"
+        ));
     }
 
     #[test]

@@ -370,28 +370,56 @@ async fn wake_matching(state: &Listener, sender: Sender, wakes: &[Wake]) -> Answ
         return Answer::new(StatusCode::SERVICE_UNAVAILABLE, "not synced yet");
     }
     let matched = matching_overrides(state, wakes);
-    if matched.is_empty() {
+    let sources = matching_sources(state, wakes);
+    if matched.is_empty() && sources.is_empty() {
         info!(sender = sender.label(), pushes = ?wakes, "webhook: no override follows what was pushed");
         return Answer::new(StatusCode::ACCEPTED, r#"{"woken":[]}"#);
     }
     let mut failed = Vec::new();
     for mpo in &matched {
-        if let Err(err) = hand_over(state, mpo).await {
+        if let Err(err) = hand_over(state, mpo.as_ref()).await {
             warn!(mpo = %mpo.name_any(), "webhook: cannot hand the check to the leader: {err}");
             failed.push(mpo.name_any());
         }
     }
+    for source in &sources {
+        if let Err(err) = hand_over(state, source.as_ref()).await {
+            warn!(source = %source.name_any(), "webhook: cannot hand the scan to the leader: {err}");
+            failed.push(source.name_any());
+        }
+    }
     let names: Vec<String> = matched.iter().map(|mpo| mpo.name_any()).collect();
-    info!(sender = sender.label(), woken = ?names, "webhook: push notification; checking now");
-    state.metrics.webhook_woke(names.len() - failed.len());
-    if failed.is_empty() {
-        Answer::new(StatusCode::ACCEPTED, json!({ "woken": names }).to_string())
-    } else {
-        Answer::new(
+    let scanned: Vec<String> = sources.iter().map(|source| source.name_any()).collect();
+    info!(sender = sender.label(), woken = ?names, scanned = ?scanned, "webhook: push notification; checking now");
+    state
+        .metrics
+        .webhook_woke(names.len() + scanned.len() - failed.len());
+    if !failed.is_empty() {
+        return Answer::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot wake {}; try again", failed.join(", ")),
-        )
+        );
     }
+    let answer = if scanned.is_empty() {
+        json!({ "woken": names })
+    } else {
+        json!({ "woken": names, "scanned": scanned })
+    };
+    Answer::new(StatusCode::ACCEPTED, answer.to_string())
+}
+
+/// Sources whose root repository (the module names, SPEC §8) was pushed to: their scan is due.
+fn matching_sources(state: &Listener, wakes: &[Wake]) -> Vec<Arc<ModuleSource>> {
+    state
+        .sources
+        .state()
+        .into_iter()
+        .filter(|source| {
+            wakes
+                .iter()
+                .any(|wake| matching::lists_modules(wake, &source.spec.registry.repo))
+        })
+        .collect()
 }
 
 fn matching_overrides(state: &Listener, wakes: &[Wake]) -> Vec<Arc<ModulePullOverride>> {
@@ -415,21 +443,26 @@ fn matching_overrides(state: &Listener, wakes: &[Wake]) -> Vec<Arc<ModulePullOve
         .collect()
 }
 
-/// Sets the `renew` annotation on `mpo` to a value of its own (`webhook <time>`), so that the
+/// Sets the `renew` annotation on `object` (an override, or a source whose scan is due) to a
+/// value of its own (`webhook <time>`), so that the
 /// write always changes the object: a pass that began before this push then cannot clear it
 /// (its removal carries the resourceVersion it read and is refused), and the next pass sees the
 /// push. Wake-ups of one override are ordered and at most one per [`COALESCE`]: a request
 /// covered by a wake-up sent after it arrived writes nothing, so a flood makes one write per
 /// window and none is lost.
-async fn hand_over(state: &Listener, mpo: &ModulePullOverride) -> Result<(), kube::Error> {
-    let name = mpo.name_any();
+async fn hand_over<K>(state: &Listener, object: &K) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.name_any();
+    let key = format!("{}/{name}", K::kind(&()));
     let arrived = Instant::now();
     let slot = {
         let mut woken = lock(&state.woken);
         if woken.len() > MAX_REMEMBERED {
             woken.retain(|_, slot| Arc::strong_count(slot) > 1);
         }
-        woken.entry(name.clone()).or_default().clone()
+        woken.entry(key).or_default().clone()
     };
     let mut last_sent = slot.lock().await;
     if last_sent.is_some_and(|sent| sent >= arrived) {
@@ -444,7 +477,7 @@ async fn hand_over(state: &Listener, mpo: &ModulePullOverride) -> Result<(), kub
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     );
     let patch = json!({ "metadata": { "annotations": { RENEW_ANNOTATION: value } } });
-    Api::<ModulePullOverride>::all(state.client.clone())
+    Api::<K>::all(state.client.clone())
         .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
         .await?;
     *last_sent = Some(sent);
