@@ -164,16 +164,14 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     metrics.set_ready(false);
     // Only the leader claims and sweeps: with a shared volume, a starting standby would
     // otherwise remove the leader's staging directory in the middle of its download.
-    let claimed = store
-        .claim_for_writing(&leader::replica_name(&settings))
-        .and_then(|claim| Ok((claim, store.sweep()?)));
-    let (_claim, swept) = match claimed {
-        Ok((claim, swept)) => {
-            if !claim.exclusive {
-                warn!(dir = %settings.download_dir.display(), "another operator process holds the download directory: replicas share this volume; the lease decides who writes");
-            }
-            (claim, swept)
-        }
+    let swept = store.sweep();
+    let claim = store.claim_for_writing(&leader::replica_name(&settings));
+    if !claim.exclusive {
+        warn!(dir = %settings.download_dir.display(), "this replica does not hold the download directory's lock (another operator process on a shared volume, or the directory cannot be written); the lease decides who writes");
+    }
+    let _claim = claim;
+    let swept = match swept {
+        Ok(swept) => swept,
         Err(err) => {
             // Give the lease back: this container restarts with the same identity and would
             // retake it at once, failing again, while a healthy standby waits.

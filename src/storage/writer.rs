@@ -11,7 +11,7 @@ use std::{
     path::Path,
 };
 
-use super::{ModuleStore, StorageError};
+use super::ModuleStore;
 
 /// The marker and lock file at the store root.
 pub const WRITER_FILE: &str = ".writer";
@@ -19,9 +19,11 @@ pub const WRITER_FILE: &str = ".writer";
 /// Held by the replica that writes the directory; dropping it releases the lock.
 #[derive(Debug)]
 pub struct WriterClaim {
-    /// Open, and locked when `exclusive`.
-    _file: File,
-    /// False when another process held the lock: two writers on one volume.
+    /// Open read-only (a file open for writing would keep the filesystem from being remounted
+    /// read-only) and locked when `exclusive`.
+    _file: Option<File>,
+    /// False when another process held the lock (two writers on one volume) or there is no
+    /// lock file (a directory that cannot be written).
     pub exclusive: bool,
 }
 
@@ -37,38 +39,46 @@ pub enum Sharing {
 }
 
 impl ModuleStore {
-    /// The leader's claim: the lock (without waiting: a stopped old leader on a shared volume
-    /// would hold it for ever, and the lease already decides who writes) and `replica` in the
-    /// marker. Creates the root; fails only when the root or the file cannot be made.
-    pub fn claim_for_writing(&self, replica: &str) -> Result<WriterClaim, StorageError> {
-        fs::create_dir_all(&self.root).map_err(StorageError::write(&self.root))?;
+    /// The leader's claim: `replica` in the marker, then the lock, taken without waiting (a
+    /// stopped old leader on a shared volume would hold it for ever, and the lease already
+    /// decides who writes). Never fails: a directory that cannot be written (full, read-only)
+    /// must not keep the leader from starting, its passes say what is wrong; what could not be
+    /// done is logged.
+    pub fn claim_for_writing(&self, replica: &str) -> WriterClaim {
         let path = self.root.join(WRITER_FILE);
-        let mut file = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(StorageError::write(&path))?;
-        let exclusive = match file.try_lock() {
-            Ok(()) => true,
-            Err(TryLockError::WouldBlock) => false,
-            Err(TryLockError::Error(err)) => return Err(StorageError::write(&path)(err)),
-        };
         if marker_of(&self.root).as_deref() != Some(replica) {
-            // Best effort: a full disk must not keep the leader from starting (it has modules
-            // to keep); the lock alone still tells a standby on this volume.
-            if let Err(err) = file
-                .set_len(0)
-                .and_then(|()| file.write_all(replica.as_bytes()))
-            {
+            // In place, not by rename: the lock belongs to the file, and a standby reading a
+            // half-written name takes it for another replica's, which errs on the safe side.
+            let written = fs::create_dir_all(&self.root).and_then(|()| {
+                let mut file = File::create(&path)?;
+                file.write_all(replica.as_bytes())
+            });
+            if let Err(err) = written {
                 tracing::warn!(path = %path.display(), "cannot write the writer's name: {err}");
             }
         }
-        Ok(WriterClaim {
-            _file: file,
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(err) => {
+                tracing::warn!(path = %path.display(), "cannot open the writer's lock: {err}");
+                return WriterClaim {
+                    _file: None,
+                    exclusive: false,
+                };
+            }
+        };
+        let exclusive = match file.try_lock() {
+            Ok(()) => true,
+            Err(TryLockError::WouldBlock) => false,
+            Err(TryLockError::Error(err)) => {
+                tracing::warn!(path = %path.display(), "cannot lock the writer's file: {err}");
+                false
+            }
+        };
+        WriterClaim {
+            _file: Some(file),
             exclusive,
-        })
+        }
     }
 
     /// Whether a standby named `replica` may write here. Reads only: a missing marker is a
@@ -119,7 +129,7 @@ mod tests {
     fn a_running_leader_on_the_same_directory_is_seen_by_its_lock() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
-        let claim = store.claim_for_writing("a").unwrap();
+        let claim = store.claim_for_writing("a");
         assert!(claim.exclusive);
         // The same name (two processes of one host without --identity): the lock still tells.
         assert_eq!(store.sharing("a"), Sharing::Locked);
@@ -131,18 +141,42 @@ mod tests {
     fn a_directory_another_replica_led_on_stays_its_own_after_that_leader_exits() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
-        drop(store.claim_for_writing("a").unwrap());
+        drop(store.claim_for_writing("a"));
         assert_eq!(store.sharing("b"), Sharing::NamedFor("a".into()));
         // The replica's own earlier leadership (a restarted container) is no sharing.
         assert_eq!(store.sharing("a"), Sharing::Private);
     }
 
     #[test]
+    fn a_claim_keeps_nothing_open_for_writing_and_survives_a_read_only_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let claim = store.claim_for_writing("a");
+        // /proc/self/fdinfo: flags of every open descriptor of the lock file are read-only.
+        let writer = std::fs::canonicalize(store.root().join(WRITER_FILE)).unwrap();
+        for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            if std::fs::read_link(entry.path()).ok().as_deref() == Some(writer.as_path()) {
+                let info = std::fs::read_to_string(format!(
+                    "/proc/self/fdinfo/{}",
+                    entry.file_name().to_string_lossy()
+                ))
+                .unwrap();
+                let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap();
+                let flags = u32::from_str_radix(flags.trim(), 8).unwrap();
+                assert_eq!(flags & 0o3, 0, "O_RDONLY: {info}");
+            }
+        }
+        drop(claim);
+        let missing = ModuleStore::new("/proc/no-such-dir/downloaded", Limits::default());
+        assert!(!missing.claim_for_writing("a").exclusive);
+    }
+
+    #[test]
     fn a_second_claim_is_not_exclusive_and_renames_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
-        let first = store.claim_for_writing("a").unwrap();
-        let second = store.claim_for_writing("b").unwrap();
+        let first = store.claim_for_writing("a");
+        let second = store.claim_for_writing("b");
         assert!(first.exclusive && !second.exclusive);
         assert_eq!(marker_of(store.root()).as_deref(), Some("b"));
     }
