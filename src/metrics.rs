@@ -35,6 +35,11 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabel {
+    resource: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WebhookLabels {
     sender: &'static str,
     code: u16,
@@ -69,6 +74,7 @@ pub struct Metrics {
     standby_shared: Gauge,
     webhook_requests: Family<WebhookLabels, Counter>,
     webhook_wakes: Counter,
+    watch_lists: Family<ResourceLabel, Counter>,
     last_checks: Arc<LastChecks>,
     /// MPO name → when a renew annotation was first seen on it, until a pass handled it.
     renews: Mutex<HashMap<String, Instant>>,
@@ -105,6 +111,7 @@ impl Metrics {
             standby_shared: Gauge::default(),
             webhook_requests: Family::default(),
             webhook_wakes: Counter::default(),
+            watch_lists: Family::default(),
             last_checks: Arc::default(),
             renews: Mutex::default(),
             ready: AtomicBool::new(false),
@@ -191,6 +198,11 @@ impl Metrics {
             "Overrides a push notification handed a check to",
             self.webhook_wakes.clone(),
         );
+        r.register(
+            "mpo_watch_lists",
+            "Lists of a watched resource that completed on the leader: one at start, one more after each relist (a watch too old to resume, as after an apiserver restart)",
+            self.watch_lists.clone(),
+        );
         r.register_collector(Box::new(self.last_checks.clone()));
     }
 
@@ -254,6 +266,14 @@ impl Metrics {
                 .get_or_create(&StateLabel { state })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+    }
+
+    /// A list of `resource` (`modulepulloverrides`, `modulesources`) completed: the store holds
+    /// what the apiserver has.
+    pub fn listed(&self, resource: &'static str) {
+        self.watch_lists
+            .get_or_create(&ResourceLabel { resource })
+            .inc();
     }
 
     pub fn set_standby_volume_shared(&self, shared: bool) {

@@ -234,6 +234,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
         let metrics = ctx.metrics.clone();
         move |event| match event {
             watcher::Event::InitDone => {
+                metrics.listed("modulepulloverrides");
                 mpos_synced.send_replace(true);
             }
             watcher::Event::Apply(mpo) | watcher::Event::InitApply(mpo)
@@ -253,6 +254,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
         mpos.clone(),
         flags.clone(),
         wake,
+        ctx.metrics.clone(),
     ));
     // Only one task at a time may wait for a store to fill: kube-runtime's readiness signal wakes
     // just the last of several concurrent waiters. So this waits for the sources before anything

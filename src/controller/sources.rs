@@ -24,7 +24,10 @@ use super::{
     flags::Flags,
     triggers::{SourceView, mpos_to_wake},
 };
-use crate::crd::{ModulePullOverride, ModuleSource};
+use crate::{
+    crd::{ModulePullOverride, ModuleSource},
+    metrics::Metrics,
+};
 
 /// Room for subscribers that lag behind the watch before it waits for them.
 const SUBSCRIBER_BUFFER: usize = 1024;
@@ -56,6 +59,7 @@ impl SourceWatch {
         mpos: Store<ModulePullOverride>,
         flags: Arc<Flags>,
         wake: mpsc::UnboundedSender<ObjectRef<ModulePullOverride>>,
+        metrics: Arc<Metrics>,
     ) {
         let api = Api::<ModuleSource>::all(client);
         let mut views: HashMap<String, SourceView> = HashMap::new();
@@ -83,6 +87,7 @@ impl SourceWatch {
                         on_change(&name, old, new, &mpos, &flags, &wake);
                     }
                     views = fresh;
+                    metrics.listed("modulesources");
                 }
                 Ok(watcher::Event::Apply(source)) => {
                     flags.observed(&source);

@@ -89,6 +89,12 @@ impl TcpCut {
         self.cut_flag.store(true, Ordering::SeqCst);
         self.cut.send_replace(true);
     }
+
+    /// Lets new connections through again after a [cut](TcpCut::cut).
+    pub fn restore(&self) {
+        self.cut_flag.store(false, Ordering::SeqCst);
+        self.cut.send_replace(false);
+    }
 }
 
 async fn relay(
