@@ -310,3 +310,125 @@ async fn flags_come_back_after_a_foreign_update_and_on_a_recreated_source() {
     })
     .await;
 }
+
+/// A policy that refuses any status of the ModuleSource `source` carrying an `overridden` flag:
+/// what an admission webhook, a quota or a size limit does to one source's flags write.
+fn deny_flags_policy(name: &str, source: &str) -> String {
+    format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: {name}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: ["deckhouse.io"]
+      apiVersions: ["*"]
+      operations: ["CREATE", "UPDATE"]
+      resources: ["modulesources/status"]
+  validations:
+  - expression: >-
+      object.metadata.name != '{source}' || !has(object.status) || !has(object.status.modules)
+      || !object.status.modules.exists(m, has(m.overridden) && m.overridden)
+    message: overridden flags are refused on this source (test policy)
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: {name}
+spec:
+  policyName: {name}
+  validationActions: [Deny]
+"#
+    )
+}
+
+/// One source whose flags write is refused backs off alone. On c16ab6e its failures backed the
+/// whole writer off (up to 5 minutes): flags on every other source waited, and every deletion
+/// waited its full 10 s for a flush that did not come.
+#[tokio::test]
+async fn a_source_whose_flags_are_refused_holds_back_no_other_source() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(cluster, "flags-denied", RegistryKind::Plain, &[], &[]).await;
+    let denied = format!("{}-denied", s.id.0);
+    let policy = format!("{}-deny-flags", s.id.0);
+    cluster.apply_ok(&deny_flags_policy(&policy, &denied));
+    s.track(&format!("validatingadmissionpolicybinding/{policy}"));
+    s.track(&format!("validatingadmissionpolicy/{policy}"));
+    s.apply_other_source(&denied);
+    // The policy takes effect a moment after it is created: wait until it refuses a flag.
+    let probe = serde_json::json!({"status": {"modules": [{"name": "probe", "overridden": true}]}})
+        .to_string();
+    wait_for("the policy to refuse a flag", WAIT, || async {
+        let out = cluster.kubectl(&[
+            "patch",
+            "ms",
+            &denied,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &probe,
+        ]);
+        (!out.status.success()).then_some(())
+    })
+    .await;
+
+    let blocked = format!("{}-b", s.id.0);
+    let digest = s
+        .push(
+            &blocked,
+            "dev",
+            &support::images::ModuleImage::module(&blocked, 900, "1"),
+        )
+        .await;
+    let own_source = std::mem::replace(&mut s.source, denied.clone());
+    s.apply_mpo(&blocked, "dev", "1h");
+    s.source = own_source;
+    s.wait_for_digest(&blocked, &digest, WAIT).await;
+    // Three refusals in a row: the denied source's backoff has grown past a deletion's wait.
+    let refusal = "cannot write the overridden flags";
+    let refusals = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains(refusal) && l.contains(&denied))
+            .count()
+    };
+    wait_for("three refused flags writes", WAIT, || async {
+        (refusals(&s.operator.log()) >= 3).then_some(())
+    })
+    .await;
+
+    let (kept, _) = s.ready_module("1h").await;
+    let quick = Duration::from_secs(10);
+    wait_for("the other source's flag", quick, || async {
+        flagged(&s.source_object(), &kept).then_some(())
+    })
+    .await;
+    let deleting = std::time::Instant::now();
+    cluster.kubectl_ok(&["delete", &format!("mop/{kept}"), "--timeout=30s"]);
+    let took = deleting.elapsed();
+    s.forget(&format!("mop/{kept}"));
+    eprintln!("deletion on the other source took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the deletion waited {took:?}: as long as a flush that never came"
+    );
+    assert!(
+        !flagged(&s.source_object(), &kept),
+        "the deleted override's flag is gone: {}",
+        s.source_object()["status"]
+    );
+    let log = s.operator.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains(refusal) && l.contains(&denied) && l.contains("WARN"))
+        .count();
+    assert_eq!(
+        warnings, 1,
+        "the refusal is said once, then at debug:\n{log}"
+    );
+    assert!(
+        !flagged(&s.source_named(&denied), &blocked),
+        "the policy held: no flag on the denied source"
+    );
+}
