@@ -1249,3 +1249,72 @@ async fn every_command_has_its_own_help_and_kubectl_completes_the_plugin() {
         text(&out.stderr)
     );
 }
+
+/// cosign stores a signature under `sha256-<hex>.sig` beside the image it signs (and `.att`,
+/// `.sbom`); the OCI referrers tag schema stores `sha256-<hex>`. The registry lists them with
+/// the other tags, so without care they read as module names of a source and as versions.
+/// (The tags here are pushed by the harness under the names cosign gives them: what the
+/// registry lists is the same.)
+#[tokio::test]
+async fn signature_and_referrer_tags_are_neither_modules_nor_versions() {
+    let cluster = require_cluster!();
+    let s = Scenario::start(cluster, "cli-sigtags", RegistryKind::Plain, &MODULES, &[]).await;
+    let seed = seed(&s.registry).await;
+    let module = MODULES[0];
+    let hex = |digest: &str| digest.trim_start_matches("sha256:").to_owned();
+    let v1 = hex(&seed.v1.iter().find(|(m, _)| m == module).expect("seeded").1);
+    let artifact = ModuleImage::new().file("payload.json", "{}\n");
+    let artifact_tags = [
+        format!("sha256-{v1}.sig"),
+        format!("sha256-{v1}.att"),
+        format!("sha256-{v1}.sbom"),
+        format!("sha256-{v1}"),
+    ];
+    let module_repository = format!("{REPO_PATH}/{module}");
+    let release_repository = format!("{module_repository}/release");
+    for repository in [REPO_PATH, &module_repository, &release_repository] {
+        for tag in &artifact_tags {
+            push(&s.registry, repository, tag, &artifact)
+                .await
+                .expect("artifact tag");
+        }
+    }
+    let source = s.source.as_str();
+
+    let modules = json_of(mpo(cluster, &["modules", source, "-o", "json"]), "modules");
+    assert_eq!(field(&modules, "name"), MODULES, "modules");
+    let tags = json_of(
+        mpo(
+            cluster,
+            &["tags", source, module, "--no-kind", "-o", "json"],
+        ),
+        "tags",
+    );
+    assert_eq!(field(&tags, "tag"), [APP_TAG, "v1.23.1", "v1.23.2"], "tags");
+    let releases = json_of(
+        mpo(cluster, &["releases", source, module, "-o", "json"]),
+        "releases",
+    );
+    assert_eq!(
+        releases,
+        json!({"versions": ["v1.23.1", "v1.23.2"], "channels": ["alpha", "beta"]})
+    );
+
+    // The operator's scan of the source: the module names only.
+    let scanned_before = s.source_object()["status"]["syncTime"].clone();
+    cluster.kubectl_ok(&[
+        "annotate",
+        "--overwrite",
+        &format!("ms/{source}"),
+        "renew=now",
+    ]);
+    let listed = support::wait_for("a scan after the artifact tags", READY, || async {
+        let status = s.source_object()["status"].clone();
+        (status["syncTime"] != scanned_before).then(|| {
+            assert_eq!(status["modulesCount"], json!(MODULES.len()), "{status}");
+            field(&status["modules"], "name")
+        })
+    })
+    .await;
+    assert_eq!(listed, MODULES);
+}

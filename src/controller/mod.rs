@@ -78,6 +78,16 @@ pub const API_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// kube's default, 290 s, left a stalled replica deaf for five minutes.
 pub const WATCH_TIMEOUT_SECS: u32 = 60;
 
+/// How long a connection to the apiserver may stay silent while something reads from it before
+/// it is closed: longer than a watch lasts ([`WATCH_TIMEOUT_SECS`]), so only a stalled
+/// connection meets it. A second line under [`API_CALL_TIMEOUT`] and the watch timeout, at the
+/// transport: TCP keepalive would not see a stall whose peer kernel still acknowledges, and
+/// kube's client speaks HTTP/1.1, which has no pings.
+const CONNECTION_SILENCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Connecting to the apiserver: a few round trips on a healthy network (kube's default is 30 s).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A client for the inferred config whose requests name the replica that sent them (User-Agent
 /// `mpo-operator/<version> (<identity>)`: the apiserver's audit log and request metrics can then
 /// tell an old leader's writes from the new one's), each bounded by [`API_CALL_TIMEOUT`]. kube's
@@ -91,6 +101,8 @@ async fn kube_client(identity: &str) -> Result<Client, StartError> {
         config.headers.push((reqwest::header::USER_AGENT, value));
     }
     config.default_retry = false;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.read_timeout = Some(CONNECTION_SILENCE_TIMEOUT);
     let builder = kube::client::ClientBuilder::try_from(config).map_err(StartError::Client)?;
     Ok(builder
         .with_layer(&tower::timeout::TimeoutLayer::new(API_CALL_TIMEOUT))

@@ -237,7 +237,8 @@ impl Registry {
     }
 
     /// The tags of the root repository: the module names of the source. Follows the `Link`
-    /// pagination of the distribution spec, so a large source is listed whole.
+    /// pagination of the distribution spec, so a large source is listed whole. Tags of
+    /// signatures and referrers ([`is_digest_tag`](super::is_digest_tag)) are left out.
     pub async fn list_modules(&self) -> Result<Vec<String>, RegistryError> {
         let root = self.repo.root_repository();
         if root.is_empty() {
@@ -294,7 +295,14 @@ impl Registry {
             let page: TagPage = serde_json::from_slice(&body).map_err(|_| {
                 RegistryError::BadManifest("the tag list is not the expected JSON".into())
             })?;
-            tags.extend(page.tags.unwrap_or_default());
+            // Signatures, attestations and referrers are stored under tags of their own beside
+            // the image; they are neither module names nor versions.
+            tags.extend(
+                page.tags
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|tag| !super::artifacts::is_digest_tag(tag)),
+            );
             match next {
                 Some(next) => url = next,
                 None => {

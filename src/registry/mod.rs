@@ -7,6 +7,7 @@
 //! whether they are transient and carry the registry's `Retry-After`, so the caller can wait
 //! as long as the registry asked.
 
+mod artifacts;
 mod auth;
 mod client;
 mod credentials;
@@ -21,6 +22,7 @@ mod reference;
 mod resume;
 mod verify;
 
+pub use artifacts::is_digest_tag;
 pub use client::{
     ConfigBlob, ImageManifest, Layer, LayerMediaType, Registry, RegistryConfig, Transport,
 };
