@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod settings;
+pub mod signing;
 pub mod storage;
 pub mod telemetry;
 pub mod webhook;

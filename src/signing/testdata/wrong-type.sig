@@ -1,0 +1,1 @@
+MEUCIBFNTM49mrjmFuScWdRm7fkuBGRY/xd3atrRbR5UAXf8AiEArIUYRx6P9VdXMnojXb5oIv33rl+iNPwst/ekE/+CdQY=
