@@ -401,3 +401,99 @@ async fn a_notification_a_standby_received_is_applied_by_the_next_leader() {
     assert!(leads(&second), "the standby leads now");
     s.operator = second;
 }
+
+/// `kubectl mpo webhook` as a user runs it after `kubectl apply -f deploy/webhook.yaml`: the
+/// Service's in-cluster name, then its load balancer once it has one, each sender's URL, and
+/// the CI curl line under the table with the token left to `$MPO_WEBHOOK_TOKEN`.
+#[tokio::test]
+async fn kubectl_mpo_webhook_prints_the_urls_of_the_deployed_service() {
+    let cluster = require_cluster!();
+    let id = support::TestId::new("hook-cli");
+    let namespace = format!("{}-ns", id.0);
+    let mpo = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-mpo"))
+            .args(args)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .output()
+            .expect("kubectl-mpo runs")
+    };
+    let missing = mpo(&["webhook", "echo", "--namespace", &namespace]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("pass --url"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
+    cluster.kubectl_ok(&["create", "namespace", &namespace]);
+    let manifest =
+        std::fs::read_to_string(support::cluster::repo_root().join("deploy/webhook.yaml"))
+            .expect("deploy/webhook.yaml")
+            .replace(
+                "namespace: mpo-operator",
+                &format!("namespace: {namespace}"),
+            );
+    cluster.apply_ok(&manifest);
+    let table = |args: &[&str]| {
+        let out = mpo(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let printed = table(&["webhook", "echo", "--namespace", &namespace]);
+    let base = format!("http://mpo-operator-webhook.{namespace}.svc:9443/hooks");
+    assert!(printed.contains(&format!("{base}/registry")), "{printed}");
+    assert!(
+        printed.contains(&format!("{base}/quay/<token>")),
+        "{printed}"
+    );
+    let (rows, ci) = printed
+        .split_once("\nA CI job, after its push:\n")
+        .expect("the CI line under the table");
+    assert!(!rows.contains("curl"), "the table has no curl row: {rows}");
+    assert!(
+        ci.contains(r#"-H "Authorization: Bearer $MPO_WEBHOOK_TOKEN""#)
+            && ci.contains(r#"-d '{"mpo":"echo"}'"#)
+            && ci.trim_end().ends_with(&format!("{base}/generic")),
+        "{ci}"
+    );
+
+    // A load balancer's address, once the Service has one, is what outside senders need.
+    cluster.kubectl_ok(&[
+        "-n",
+        &namespace,
+        "patch",
+        "service",
+        "mpo-operator-webhook",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"type":"LoadBalancer"}}"#,
+    ]);
+    cluster.kubectl_ok(&[
+        "-n",
+        &namespace,
+        "patch",
+        "service",
+        "mpo-operator-webhook",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.10"}]}}}"#,
+    ]);
+    let json = mpo(&["webhook", "--namespace", &namespace, "-o", "json"]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(
+        value["endpoints"][0]["url"], "http://192.0.2.10:9443/hooks/registry",
+        "{value}"
+    );
+    assert!(
+        value["ci"]
+            .as_str()
+            .is_some_and(|c| c.contains("$IMAGE_REPO")),
+        "{value}"
+    );
+    cluster.kubectl_ok(&["delete", "namespace", &namespace, "--wait=false"]);
+}

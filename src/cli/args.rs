@@ -50,6 +50,7 @@ pub enum Command {
     Rollback(commands::undo::RollbackArgs),
     Unpin(commands::undo::UnpinArgs),
     Webhook(commands::webhook::WebhookArgs),
+    Verify(commands::verify::VerifyArgs),
     Completion(commands::completion::CompletionArgs),
     /// Shell completion candidates in the protocol kubectl uses for plugins (cobra's
     /// `__complete`), for `kubectl_complete-mpo`.

@@ -80,6 +80,19 @@ pub enum CliError {
     Timeout { mpo: String, waited: Duration },
     #[error("a worker task stopped: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// `verify`: no signature of the image verifies.
+    #[error("{image}: {refusal}")]
+    Unverified {
+        image: String,
+        #[source]
+        refusal: crate::signing::Refusal,
+    },
+    #[error("{path}: {cause}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        cause: crate::signing::KeyError,
+    },
     /// `diff` found differences (and printed them): exit code 1, nothing more to say.
     #[error("the images differ")]
     Differ,

@@ -66,6 +66,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Rollback(args) => commands::undo::rollback(&global, args).await,
         Command::Unpin(args) => commands::undo::unpin(&global, args).await,
         Command::Webhook(args) => commands::webhook::run(&global, args).await,
+        Command::Verify(args) => commands::verify::run(&global, args).await,
         Command::Completion(args) => commands::completion::run(args),
         Command::Complete(args) => commands::completion::complete(&global, args).await,
     }

@@ -324,21 +324,29 @@ impl Registry {
         image: &ModuleRef,
         config: &ConfigBlob,
     ) -> Result<Vec<u8>, RegistryError> {
-        let url = self.http.url(image, "blobs", &config.digest.to_string());
+        self.small_blob(image, &config.digest, MAX_CONFIG_BYTES, "the image config")
+            .await
+    }
+
+    /// A blob small enough to hold in memory (a config, a signature payload), refused past
+    /// `limit` bytes and unless its bytes hash to `digest`.
+    pub(super) async fn small_blob(
+        &self,
+        image: &ModuleRef,
+        digest: &Digest,
+        limit: usize,
+        what: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let url = self.http.url(image, "blobs", &digest.to_string());
         let exchange = self.http.exchange(Method::GET, image, &url, "*/*").await?;
         let body = self
-            .small_body(
-                exchange.response,
-                &url,
-                MAX_CONFIG_BYTES,
-                "the image config",
-            )
+            .small_body(exchange.response, &url, limit, what)
             .await?;
         let seen = Digest::of(&body);
-        if seen != config.digest {
+        if seen != *digest {
             return Err(RegistryError::BlobDigest {
-                expected: config.digest.clone(),
-                actual: seen.to_string(),
+                expected: digest.clone(),
+                actual: seen.hex().to_owned(),
             });
         }
         Ok(body)
@@ -363,7 +371,7 @@ impl Registry {
     }
 
     /// GET of a manifest by tag or digest: its bytes and the digest header, if any.
-    async fn get_manifest(
+    pub(super) async fn get_manifest(
         &self,
         image: &ModuleRef,
         reference: &str,

@@ -20,6 +20,7 @@ mod pages;
 mod platform;
 mod reference;
 mod resume;
+mod signatures;
 mod verify;
 
 pub use artifacts::is_digest_tag;
@@ -33,4 +34,5 @@ pub use media::NotAModule;
 pub use observe::RequestObserver;
 pub use platform::{ChoiceReason, ChosenPlatform, choose_platform};
 pub use reference::{ModuleRef, RepoName};
+pub use signatures::{CosignSignature, SIMPLE_SIGNING_MEDIA_TYPE, signature_tag};
 pub use verify::BodyFailure;

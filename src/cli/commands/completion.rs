@@ -134,8 +134,8 @@ where
         .unwrap_or_default()
 }
 
-const REGISTRY_COMMANDS: [&str; 8] = [
-    "modules", "tags", "releases", "channel", "files", "images", "pull", "diff",
+const REGISTRY_COMMANDS: [&str; 9] = [
+    "modules", "tags", "releases", "channel", "files", "images", "pull", "diff", "verify",
 ];
 
 fn offer(words: &[String]) -> Offer {

@@ -13,4 +13,5 @@ pub mod renew;
 pub mod status;
 pub mod tags;
 pub mod undo;
+pub mod verify;
 pub mod webhook;

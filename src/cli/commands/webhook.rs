@@ -61,9 +61,16 @@ pub async fn run(global: &Global, args: WebhookArgs) -> Result<(), CliError> {
                 endpoint.proof.to_owned(),
             ]);
         }
-        table.row(vec!["CI".into(), e.ci.clone(), String::new()]);
         table
-    })
+    })?;
+    // Under the table, not in it: the curl line is several times wider than a URL.
+    if matches!(global.output, output::Format::Table) {
+        println!(
+            "\nA CI job, after its push:\n  {}",
+            output::escape_for_terminal(&endpoints.ci)
+        );
+    }
+    Ok(())
 }
 
 /// Every sender's URL under `base`, with the way it shows the token.

@@ -1,0 +1,284 @@
+//! Module images signed by the real cosign (v2.6.5 from `hack/cosign.sh`, its classic
+//! `sha256-<hex>.sig` signatures, `--tlog-upload=false`), checked with `kubectl mpo verify` as
+//! a module author types it: the right key, a wrong key, two keys during a rotation, an unsigned
+//! image, a signature copied from another image, and a payload altered after signing.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use serde_json::Value;
+use support::{
+    images::ModuleImage,
+    registry::RegistryKind,
+    scenario::{REPO_PATH, Scenario},
+};
+
+fn cosign() -> Option<PathBuf> {
+    let path = std::env::var_os("MPO_COSIGN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("HOME")
+                .map(PathBuf::from)?
+                .join(".cache/mpo-operator/cosign/v2.6.5/cosign");
+            cache.is_file().then_some(cache)
+        });
+    match path {
+        Some(path) if path.is_file() => Some(path),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("cosign is missing: run bash hack/cosign.sh (MPO_COSIGN)")
+        }
+        _ => {
+            eprintln!("SKIPPED: cosign is missing (bash hack/cosign.sh)");
+            None
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// cosign in `dir` with an empty key password and a docker config of its own (no credentials of
+/// the machine; the test registry needs none).
+fn run_cosign(cosign: &Path, dir: &Path, args: &[&str]) {
+    let out = Command::new(cosign)
+        .args(args)
+        .current_dir(dir)
+        .env("COSIGN_PASSWORD", "")
+        .env("DOCKER_CONFIG", dir.join("docker"))
+        .env("HOME", dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cosign runs");
+    assert!(
+        out.status.success(),
+        "cosign {}: {}{}",
+        args.join(" "),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+fn mpo(s: &Scenario, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kubectl-mpo"))
+        .args(args)
+        .env("KUBECONFIG", &s.cluster.kubeconfig)
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .stdin(Stdio::null())
+        .output()
+        .expect("kubectl-mpo runs")
+}
+
+/// `kubectl mpo verify SOURCE MODULE:TAG --key …` with `keys`: exit code, stdout, stderr.
+fn verify(s: &Scenario, image: &str, keys: &[&Path]) -> (i32, String, String) {
+    let mut args = vec!["verify", s.source.as_str(), image, "-o", "json"];
+    let keys: Vec<String> = keys.iter().map(|k| k.display().to_string()).collect();
+    for key in &keys {
+        args.extend(["--key", key.as_str()]);
+    }
+    let out = mpo(s, &args);
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// The registry API by curl, for the surgery a forger would do.
+fn curl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args(["-sSf", "--noproxy", "*"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl {}: {}",
+        args.join(" "),
+        text(&out.stderr)
+    );
+    out.stdout
+}
+
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn get_manifest(base: &str, tag: &str) -> Value {
+    let body = curl(&[
+        "-H",
+        &format!("Accept: {MANIFEST}"),
+        &format!("{base}/manifests/{tag}"),
+    ]);
+    serde_json::from_slice(&body).expect("a manifest")
+}
+
+fn put_manifest(base: &str, tag: &str, manifest: &Value) {
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &format!("Content-Type: {MANIFEST}"),
+        "--data-binary",
+        &manifest.to_string(),
+        &format!("{base}/manifests/{tag}"),
+    ]);
+}
+
+/// A monolithic blob upload (POST for a session, PUT with the digest).
+fn put_blob(base: &str, bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
+    let headers = text(&curl(&[
+        "-X",
+        "POST",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("{base}/blobs/uploads/"),
+    ]));
+    let location = headers
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .expect("an upload location");
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), bytes).expect("blob written");
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", file.path().display()),
+        &format!("{location}{separator}digest={digest}"),
+    ]);
+    digest
+}
+
+fn hex_of(digest: &str) -> &str {
+    digest.trim_start_matches("sha256:")
+}
+
+#[tokio::test]
+async fn kubectl_mpo_verify_accepts_a_cosign_signature_only_with_its_key_and_for_its_image() {
+    let cluster = require_cluster!();
+    let Some(cosign) = cosign() else { return };
+    let module = "signed-echo";
+    let s = Scenario::start(cluster, "sig-cli", RegistryKind::Plain, &[module], &[]).await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let dir = work.path();
+    std::fs::create_dir_all(dir.join("docker")).expect("docker dir");
+    for prefix in ["a", "b"] {
+        run_cosign(
+            &cosign,
+            dir,
+            &["generate-key-pair", "--output-key-prefix", prefix],
+        );
+    }
+    let (key_a, key_b) = (dir.join("a.pub"), dir.join("b.pub"));
+
+    let mut digests = Vec::new();
+    for (tag, text) in [("v1", "1"), ("v2", "2"), ("v3", "3")] {
+        let digest = s
+            .push(module, tag, &ModuleImage::module(module, 900, text))
+            .await;
+        digests.push(digest);
+    }
+    let repository = format!("{}/{REPO_PATH}/{module}", s.registry.host());
+    let base = format!("http://{}/v2/{REPO_PATH}/{module}", s.registry.host());
+    run_cosign(
+        &cosign,
+        dir,
+        &[
+            "sign",
+            "--key",
+            "a.key",
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "--yes",
+            "-a",
+            "commit=abc123",
+            &format!("{repository}@{}", digests[0]),
+        ],
+    );
+
+    // Signed with key a: verified, and the output names the key and what was signed.
+    let (code, stdout, stderr) = verify(&s, &format!("{module}:v1"), &[&key_a]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let rows: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(rows[0]["digest"], digests[0].as_str(), "{rows}");
+    assert_eq!(rows[0]["reference"], repository.as_str(), "{rows}");
+    assert_eq!(rows[0]["annotations"]["commit"], "abc123", "{rows}");
+    assert_eq!(rows[0]["algorithm"], "ECDSA P-256", "{rows}");
+    let fingerprint = rows[0]["key"].as_str().unwrap_or_default().to_owned();
+    assert!(fingerprint.starts_with("sha256:"), "{rows}");
+    let pem = std::fs::read_to_string(&key_a).expect("a.pub");
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(
+        !stdout.contains(&body) && !stderr.contains(&body),
+        "no key material in the output"
+    );
+
+    // A wrong key: refused as such, exit 1.
+    let (code, _, stderr) = verify(&s, &format!("{module}:v1"), &[&key_b]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("does not verify with any of the 1 trusted keys"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    // A rotation: the new key beside the old one still verifies the old signature.
+    let (code, stdout, stderr) = verify(&s, &format!("{module}:v1"), &[&key_b, &key_a]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+
+    // Unsigned.
+    let (code, _, stderr) = verify(&s, &format!("{module}:v2"), &[&key_a]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("has no signature"), "{stderr}");
+
+    // v1's signature copied to v2's signature tag: it verifies, but names another image.
+    let signature_v1 = get_manifest(&base, &format!("sha256-{}.sig", hex_of(&digests[0])));
+    put_manifest(
+        &base,
+        &format!("sha256-{}.sig", hex_of(&digests[1])),
+        &signature_v1,
+    );
+    let (code, _, stderr) = verify(&s, &format!("{module}:v2"), &[&key_a]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("is of another image ({})", digests[0])),
+        "{stderr}"
+    );
+
+    // The payload altered to name v3, under v3's signature tag, the signature kept.
+    let layer = &signature_v1["layers"][0];
+    let payload = curl(&[&format!(
+        "{base}/blobs/{}",
+        layer["digest"].as_str().expect("layer digest")
+    )]);
+    let altered = text(&payload).replace(&digests[0], &digests[2]);
+    assert_ne!(altered.as_bytes(), &payload[..], "the payload names v1");
+    let altered_digest = put_blob(&base, altered.as_bytes());
+    let mut forged = signature_v1.clone();
+    forged["layers"][0]["digest"] = Value::from(altered_digest);
+    forged["layers"][0]["size"] = Value::from(altered.len());
+    put_manifest(
+        &base,
+        &format!("sha256-{}.sig", hex_of(&digests[2])),
+        &forged,
+    );
+    let (code, _, stderr) = verify(&s, &format!("{module}:v3"), &[&key_a]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("does not verify") && stderr.contains("payload was altered"),
+        "{stderr}"
+    );
+}
