@@ -75,6 +75,7 @@ pub struct Metrics {
     webhook_requests: Family<WebhookLabels, Counter>,
     webhook_wakes: Counter,
     watch_lists: Family<ResourceLabel, Counter>,
+    verifications: Family<ResultLabel, Counter>,
     last_checks: Arc<LastChecks>,
     /// MPO name → when a renew annotation was first seen on it, until a pass handled it.
     renews: Mutex<HashMap<String, Instant>>,
@@ -112,6 +113,7 @@ impl Metrics {
             webhook_requests: Family::default(),
             webhook_wakes: Counter::default(),
             watch_lists: Family::default(),
+            verifications: Family::default(),
             last_checks: Arc::default(),
             renews: Mutex::default(),
             ready: AtomicBool::new(false),
@@ -126,7 +128,7 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "mpo_restores",
-            "Recorded digests pulled or switched onto this disk by a new leader before its first passes or by a warm standby, by result (restored, failed)",
+            "Recorded digests pulled or switched onto this disk by a new leader before its first passes or by a warm standby, by result (restored, failed, refused by the source's signature policy)",
             self.restores.clone(),
         );
         r.register(
@@ -203,6 +205,11 @@ impl Metrics {
             "Lists of a watched resource that completed on the leader: one at start, one more after each relist (a watch too old to resume, as after an apiserver restart)",
             self.watch_lists.clone(),
         );
+        r.register(
+            "mpo_verifications",
+            "Signature checks of new digests under a source's policy, by result (Verified, Unsigned, NotVerified, OtherImage, OtherRepository, Malformed)",
+            self.verifications.clone(),
+        );
         r.register_collector(Box::new(self.last_checks.clone()));
     }
 
@@ -266,6 +273,12 @@ impl Metrics {
                 .get_or_create(&StateLabel { state })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+    }
+
+    pub fn verification(&self, result: &'static str) {
+        self.verifications
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// A list of `resource` (`modulepulloverrides`, `modulesources`) completed: the store holds

@@ -140,6 +140,16 @@ fn the_schema_rejects_invalid_objects() {
             "scheme",
         ),
         ("missing repo", ms("{scheme: HTTPS}"), "repo"),
+        (
+            "signature policy without keys",
+            ms("{repo: r.example/m}, verify: {provider: cosign, publicKeys: []}"),
+            "publicKeys",
+        ),
+        (
+            "unknown signature provider",
+            ms("{repo: r.example/m}, verify: {provider: notation, publicKeys: [k]}"),
+            "provider",
+        ),
     ];
     for (what, yaml, field) in cases {
         let out = cluster.apply(&yaml);

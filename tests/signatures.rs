@@ -282,3 +282,167 @@ async fn kubectl_mpo_verify_accepts_a_cosign_signature_only_with_its_key_and_for
         "{stderr}"
     );
 }
+
+/// The source YAML with a `spec.verify` policy trusting `keys` (PEM files).
+fn source_with_policy(s: &Scenario, keys: &[&Path]) -> String {
+    let mut yaml = s.source_yaml(&support::scenario::SourceOptions {
+        docker_cfg: Some(s.registry.docker_cfg()),
+        with_ca: true,
+    });
+    yaml.push_str("  verify:\n    provider: cosign\n    publicKeys:\n");
+    for key in keys {
+        yaml.push_str("    - |\n");
+        for line in std::fs::read_to_string(key).expect("key").lines() {
+            yaml.push_str(&format!("      {line}\n"));
+        }
+    }
+    yaml
+}
+
+fn verified_condition(s: &Scenario, module: &str) -> Value {
+    let mpo = s.mpo(module);
+    mpo["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Verified"))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// The operator under a source policy: a signed image is applied with `Verified=True`; an
+/// unsigned one and one whose signature was made with another key are refused with the reason,
+/// the signed module stays active and not one byte of the refused image's layers is requested;
+/// adding the other key (a rotation) lets that image in.
+#[tokio::test]
+async fn a_source_policy_applies_only_images_signed_with_a_trusted_key() {
+    let cluster = require_cluster!();
+    let Some(cosign) = cosign() else { return };
+    let mut s = Scenario::start(cluster, "sig-policy", RegistryKind::Plain, &[], &[]).await;
+    let module = format!("{}-m", s.id.0);
+    let work = tempfile::tempdir().expect("temp dir");
+    let dir = work.path();
+    std::fs::create_dir_all(dir.join("docker")).expect("docker dir");
+    for prefix in ["a", "b"] {
+        run_cosign(
+            &cosign,
+            dir,
+            &["generate-key-pair", "--output-key-prefix", prefix],
+        );
+    }
+    let (key_a, key_b) = (dir.join("a.pub"), dir.join("b.pub"));
+    let repository = format!("{}/{REPO_PATH}/{module}", s.registry.host());
+    let sign = |key: &str, digest: &str| {
+        run_cosign(
+            &cosign,
+            dir,
+            &[
+                "sign",
+                "--key",
+                key,
+                "--tlog-upload=false",
+                "--allow-http-registry",
+                "--yes",
+                &format!("{repository}@{digest}"),
+            ],
+        );
+    };
+    cluster.apply_ok(&source_with_policy(&s, &[&key_a]));
+
+    let signed = s
+        .push(&module, "dev", &ModuleImage::module(&module, 900, "signed"))
+        .await;
+    sign("a.key", &signed);
+    s.apply_mpo(&module, "dev", "1h");
+    s.wait_for_digest(&module, &signed, std::time::Duration::from_secs(60))
+        .await;
+    let condition = verified_condition(&s, &module);
+    assert_eq!(condition["status"], "True", "{condition}");
+    assert!(
+        condition["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("signature verified with key sha256:")),
+        "{condition}"
+    );
+
+    let layers = |digest: &str| -> Vec<String> {
+        let base = format!("http://{}/v2/{REPO_PATH}/{module}", s.registry.host());
+        get_manifest(&base, digest)["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .filter_map(|l| l["digest"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let layer_gets = |digests: &[String]| {
+        digests
+            .iter()
+            .map(|d| s.registry.count_requests("GET", &format!("/blobs/{d}")))
+            .sum::<usize>()
+    };
+    for (case, reason, text, key) in [
+        ("unsigned", "Unsigned", "has no signature", None),
+        (
+            "signed with another key",
+            "NotVerified",
+            "does not verify with any of the 1 trusted keys",
+            Some("b.key"),
+        ),
+    ] {
+        let refused = s
+            .push(&module, "dev", &ModuleImage::module(&module, 900, case))
+            .await;
+        if let Some(key) = key {
+            sign(key, &refused);
+        }
+        cluster.kubectl_ok(&[
+            "annotate",
+            "--overwrite",
+            &format!("mop/{module}"),
+            "renew=",
+        ]);
+        let mpo = s
+            .wait_for_message(&module, text, std::time::Duration::from_secs(60))
+            .await;
+        assert_eq!(
+            mpo["status"]["imageDigest"],
+            signed.as_str(),
+            "{case}: kept"
+        );
+        assert_eq!(
+            s.active_hex(&module).as_deref(),
+            Some(signed.trim_start_matches("sha256:")),
+            "{case}: the signed module stays active"
+        );
+        let condition = verified_condition(&s, &module);
+        assert_eq!(
+            (condition["status"].as_str(), condition["reason"].as_str()),
+            (Some("False"), Some(reason)),
+            "{case}: {condition}"
+        );
+        assert_eq!(
+            layer_gets(&layers(&refused)),
+            0,
+            "{case}: no layer of the refused image was requested"
+        );
+        if key.is_some() {
+            // A rotation: the new key beside the old one lets the image in.
+            cluster.apply_ok(&source_with_policy(&s, &[&key_a, &key_b]));
+            s.wait_for_digest(&module, &refused, std::time::Duration::from_secs(60))
+                .await;
+            let condition = verified_condition(&s, &module);
+            assert_eq!(condition["status"], "True", "{condition}");
+        }
+    }
+    let metrics = s
+        .operator
+        .http_get("/metrics")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    for line in [
+        "mpo_verifications_total{result=\"Verified\"}",
+        "mpo_verifications_total{result=\"Unsigned\"}",
+        "mpo_verifications_total{result=\"NotVerified\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    s.track(&format!("mop/{module}"));
+}

@@ -14,8 +14,8 @@ use super::{
     rules::renew::{self, Renew},
     schedule::{self, Decision, PassResult},
     source::{check_module_listed, registry_for},
-    status::{self, Outcome},
-    triggers,
+    status::{self, Outcome, Verification},
+    triggers, verify,
 };
 use crate::{
     Digest,
@@ -173,6 +173,8 @@ async fn try_pass(
         .map_err(|e| PassError::BadSpec(e.to_string()))?;
     let recorded = recorded_digest(mpo);
     if let Some(pin) = pinned_digest(mpo)? {
+        // A pin is no way around the source's signature policy either.
+        verify::check_signature(ctx, source, &registry, &image, &pin).await?;
         return apply_pin(ctx, &registry, &image, mpo, recorded.as_ref(), pin, renew).await;
     }
     let digest = match registry.resolve(&image).await {
@@ -180,7 +182,7 @@ async fn try_pass(
         Err(cause) => {
             // The tag cannot be read (gone, or the registry down): whatever happens to it, the
             // applied module stays on this disk (SPEC §6).
-            restore_recorded(ctx, &registry, &image, recorded.as_ref()).await;
+            restore_recorded(ctx, source, &registry, &image, recorded.as_ref()).await;
             return Err(PassError::Resolve {
                 reference: image.to_string(),
                 cause,
@@ -188,6 +190,9 @@ async fn try_pass(
         }
     };
     ctx.metrics.resolved(&name);
+    // Before anything of the digest is switched in or downloaded; remembered per digest, so the
+    // idle path makes no request for it. A refusal leaves the active module as it is.
+    verify::check_signature(ctx, source, &registry, &image, &digest).await?;
     let up_to_date = recorded.as_ref() == Some(&digest) && ctx.store.is_active(&name, &digest);
     if up_to_date && renew != Renew::Force {
         debug!(mpo = %name, %digest, "tag unchanged");
@@ -248,7 +253,7 @@ async fn try_pass(
         Ok(report) => report,
         Err(cause) => {
             // The new image failed; the disk keeps (or gets back) what the status records.
-            restore_recorded(ctx, &registry, &image, recorded.as_ref()).await;
+            restore_recorded(ctx, source, &registry, &image, recorded.as_ref()).await;
             return Err(PassError::install(&image, &digest, cause));
         }
     };
@@ -349,12 +354,18 @@ fn remember_the_version_before_overrides(ctx: &Context, module: &str) {
 /// when kept on disk, else pulled by that digest. A failure here is logged; the pass goes on.
 async fn restore_recorded(
     ctx: &Context,
+    source: &ModuleSource,
     registry: &Registry,
     image: &ModuleRef,
     recorded: Option<&Digest>,
 ) {
     let Some(recorded) = recorded else { return };
     if ctx.store.is_active(image.module(), recorded) {
+        return;
+    }
+    // A recorded digest obeys the source's signature policy as a new one does.
+    if let Err(err) = verify::check_signature(ctx, source, registry, image, recorded).await {
+        warn!(mpo = %image.module(), digest = %recorded, "not restoring the recorded digest: {err}");
         return;
     }
     match restore_digest(ctx, registry, image, recorded).await {
@@ -418,8 +429,13 @@ async fn publish(
     outcome: &Outcome,
 ) -> Result<Published, ControllerError> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let desired =
-        status::desired_status(mpo, outcome, &now, usize::from(ctx.settings.keep_versions));
+    let desired = status::desired_status(
+        mpo,
+        outcome,
+        &now,
+        usize::from(ctx.settings.keep_versions),
+        &verification_of(ctx, mpo, outcome),
+    );
     if !status::status_differs(mpo, &desired) {
         return Ok(Published::Unchanged);
     }
@@ -445,6 +461,22 @@ async fn publish(
     );
     announce(mpo, ctx, outcome);
     Ok(Published::Written(written.metadata.resource_version))
+}
+
+/// What the status says of the source's signature policy after `outcome`.
+fn verification_of(ctx: &Context, mpo: &ModulePullOverride, outcome: &Outcome) -> Verification {
+    let Some(source) = ctx.source(&mpo.spec.source) else {
+        return Verification::NoPolicy;
+    };
+    match outcome {
+        Outcome::InSync { digest, .. } => match verify::verified_message(ctx, &source, digest) {
+            None => Verification::NoPolicy,
+            Some(Some(message)) => Verification::Verified(message),
+            Some(None) => Verification::Unchanged,
+        },
+        Outcome::Failed(_) if source.spec.verify.is_some() => Verification::Unchanged,
+        Outcome::Failed(_) => Verification::NoPolicy,
+    }
 }
 
 /// Events for what changed: a new module switched in, or a new failure. An identical failure

@@ -50,6 +50,26 @@ pub enum PassError {
         #[source]
         cause: Box<InstallError>,
     },
+    /// The source's signature policy refuses the image; nothing of it was downloaded.
+    #[error("not applied: {image}: {refusal}")]
+    Unverified {
+        image: String,
+        #[source]
+        refusal: crate::signing::Refusal,
+    },
+    #[error("ModuleSource {source_name:?}: spec.verify.publicKeys[{index}]: {cause}")]
+    BadPolicy {
+        source_name: String,
+        index: usize,
+        #[source]
+        cause: crate::signing::KeyError,
+    },
+    #[error("cannot read the signatures of {image}: {cause}")]
+    Signatures {
+        image: String,
+        #[source]
+        cause: RegistryError,
+    },
 }
 
 impl PassError {
@@ -64,6 +84,9 @@ impl PassError {
             Self::Download { .. } => "DownloadFailed",
             Self::InvalidModule { .. } => "InvalidModule",
             Self::Store { .. } => "StoreFailed",
+            Self::Unverified { .. } => "SignatureRefused",
+            Self::BadPolicy { .. } => "InvalidSource",
+            Self::Signatures { .. } => "SignaturesUnreadable",
         }
     }
 
@@ -72,6 +95,7 @@ impl PassError {
         match self {
             Self::Resolve { cause, .. } => cause.is_transient(),
             Self::Download { cause, .. } => cause.is_transient(),
+            Self::Signatures { cause, .. } => cause.is_transient(),
             Self::Store { .. } => true,
             _ => false,
         }
@@ -82,6 +106,7 @@ impl PassError {
         match self {
             Self::Resolve { cause, .. } => cause.retry_after(),
             Self::Download { cause, .. } => cause.retry_after(),
+            Self::Signatures { cause, .. } => cause.retry_after(),
             _ => None,
         }
     }

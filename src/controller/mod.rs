@@ -18,6 +18,7 @@ mod sources;
 mod standby;
 pub mod status;
 pub mod triggers;
+mod verify;
 
 use std::sync::Arc;
 

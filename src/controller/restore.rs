@@ -116,6 +116,13 @@ pub(super) async fn restore_one(ctx: &Context, mpo: ModulePullOverride, digest: 
             return false;
         }
     };
+    // A recorded digest obeys the source's signature policy as a new one does.
+    if let Err(err) = super::verify::check_signature(ctx, &source, &registry, &image, &digest).await
+    {
+        warn!(mpo = %name, %digest, "not restoring the recorded digest: {err}");
+        ctx.metrics.restore_done("refused");
+        return false;
+    }
     match super::apply::restore_digest(ctx, &registry, &image, &digest).await {
         Ok(report) => {
             ctx.metrics.installed(&report);

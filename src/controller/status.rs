@@ -11,6 +11,18 @@ use crate::{
 };
 
 pub const READY: &str = "Ready";
+pub const VERIFIED: &str = "Verified";
+
+/// What the status says of the source's signature policy (the `Verified` condition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// The source has no policy: no `Verified` condition.
+    NoPolicy,
+    /// The outcome's digest verified; the condition's message.
+    Verified(String),
+    /// A policy applies, and this pass did not get as far as a check: the condition stays.
+    Unchanged,
+}
 
 /// What a pass found.
 #[derive(Debug)]
@@ -31,6 +43,7 @@ pub fn desired_status(
     outcome: &Outcome,
     now: &str,
     history_len: usize,
+    verification: &Verification,
 ) -> ModulePullOverrideStatus {
     let current = mpo.status.clone().unwrap_or_default();
     let mut next = current.clone();
@@ -75,14 +88,54 @@ pub fn desired_status(
         Outcome::Failed(err) => (false, err.reason(), err.to_string()),
     };
     next.message = Some(message.clone());
-    next.conditions = Some(vec![ready_condition(
+    let mut conditions = vec![ready_condition(
         &current,
         ready,
         reason,
         &message,
         mpo.metadata.generation,
-    )]);
+    )];
+    conditions.extend(verified_condition(
+        &current,
+        outcome,
+        verification,
+        mpo.metadata.generation,
+    ));
+    next.conditions = Some(conditions);
     next
+}
+
+/// The `Verified` condition after `outcome`: True with the verification's message, False with
+/// the refusal's reason, else what it was.
+fn verified_condition(
+    current: &ModulePullOverrideStatus,
+    outcome: &Outcome,
+    verification: &Verification,
+    generation: Option<i64>,
+) -> Option<Condition> {
+    let (status, reason, message) = match (outcome, verification) {
+        (_, Verification::NoPolicy) => return None,
+        (Outcome::Failed(err @ PassError::Unverified { refusal, .. }), _) => {
+            ("False", refusal.reason(), err.to_string())
+        }
+        (Outcome::Failed(err @ PassError::BadPolicy { .. }), _) => {
+            ("False", "InvalidPolicy", err.to_string())
+        }
+        (Outcome::InSync { .. }, Verification::Verified(message)) => {
+            ("True", "Verified", message.clone())
+        }
+        _ => {
+            return current
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == VERIFIED)
+                .cloned();
+        }
+    };
+    Some(condition(
+        current, VERIFIED, status, reason, message, generation,
+    ))
 }
 
 /// `status.history` after `digest` is the active one: it goes first (with `now`, unless it is
@@ -114,26 +167,39 @@ fn ready_condition(
     generation: Option<i64>,
 ) -> Condition {
     let status = if ready { "True" } else { "False" };
+    let message = if message.is_empty() && reason == "Pinned" {
+        "module on disk is the pinned digest".to_owned()
+    } else if message.is_empty() {
+        "module on disk matches the tag".to_owned()
+    } else {
+        message.to_owned()
+    };
+    condition(current, READY, status, reason, message, generation)
+}
+
+/// A condition of `type_`; its transition time moves only when its status flips.
+fn condition(
+    current: &ModulePullOverrideStatus,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
     let previous = current
         .conditions
         .iter()
         .flatten()
-        .find(|c| c.type_ == READY);
+        .find(|c| c.type_ == type_);
     let last_transition_time = match previous {
         Some(p) if p.status == status => p.last_transition_time.clone(),
         _ => Time(k8s_openapi::jiff::Timestamp::now()),
     };
     Condition {
-        type_: READY.to_owned(),
+        type_: type_.to_owned(),
         status: status.to_owned(),
         reason: reason.to_owned(),
-        message: if message.is_empty() && reason == "Pinned" {
-            "module on disk is the pinned digest".to_owned()
-        } else if message.is_empty() {
-            "module on disk matches the tag".to_owned()
-        } else {
-            message.to_owned()
-        },
+        message,
         last_transition_time,
         observed_generation: generation,
     }
@@ -196,7 +262,13 @@ mod tests {
             weight: 910,
             changed: true,
         };
-        let s = desired_status(&mpo(None), &outcome, "2026-01-01T00:00:00Z", 3);
+        let s = desired_status(
+            &mpo(None),
+            &outcome,
+            "2026-01-01T00:00:00Z",
+            3,
+            &Verification::NoPolicy,
+        );
         assert_eq!(s.image_digest, Some(digest.to_string()));
         assert_eq!(s.updated_at.as_deref(), Some("2026-01-01T00:00:00Z"));
         assert_eq!(s.message.as_deref(), Some(""));
@@ -244,16 +316,19 @@ mod tests {
         };
         let mut pinned = mpo(None);
         pinned.spec.image_digest = Some(digest.to_string());
-        let s = desired_status(&pinned, &outcome, "t1", 3);
+        let s = desired_status(&pinned, &outcome, "t1", 3, &Verification::NoPolicy);
         assert_eq!(s.pinned, Some(true));
         assert_eq!(
             s.conditions.as_ref().map(|c| c[0].reason.as_str()),
             Some("Pinned")
         );
         let unpinned = mpo(Some(s));
-        let s = desired_status(&unpinned, &outcome, "t2", 3);
+        let s = desired_status(&unpinned, &outcome, "t2", 3, &Verification::NoPolicy);
         assert_eq!(s.pinned, Some(false));
-        assert_eq!(desired_status(&mpo(None), &outcome, "t1", 3).pinned, None);
+        assert_eq!(
+            desired_status(&mpo(None), &outcome, "t1", 3, &Verification::NoPolicy).pinned,
+            None
+        );
     }
 
     #[test]
@@ -269,7 +344,7 @@ mod tests {
             weight: 900,
             changed: false,
         };
-        let s = desired_status(&mpo(Some(old)), &outcome, "t2", 3);
+        let s = desired_status(&mpo(Some(old)), &outcome, "t2", 3, &Verification::NoPolicy);
         let history = s.history.expect("a history");
         assert_eq!(history[0].applied_at, "2026-01-01T00:00:00Z");
     }
@@ -286,6 +361,7 @@ mod tests {
             },
             "t1",
             3,
+            &Verification::NoPolicy,
         );
         let settled = mpo(Some(first));
         let again = desired_status(
@@ -297,6 +373,7 @@ mod tests {
             },
             "t2",
             3,
+            &Verification::NoPolicy,
         );
         assert!(!status_differs(&settled, &again));
     }
@@ -313,12 +390,14 @@ mod tests {
             },
             "t1",
             3,
+            &Verification::NoPolicy,
         );
         let failed = desired_status(
             &mpo(Some(ok)),
             &Outcome::Failed(PassError::SourceMissing("s".into())),
             "t2",
             3,
+            &Verification::NoPolicy,
         );
         assert_eq!(failed.image_digest, Some(digest.to_string()));
         assert_eq!(failed.updated_at.as_deref(), Some("t1"));
@@ -331,5 +410,76 @@ mod tests {
             (ready.status.as_str(), ready.reason.as_str()),
             ("False", "SourceNotFound")
         );
+    }
+
+    fn verified(s: &ModulePullOverrideStatus) -> Option<(String, String, String)> {
+        s.conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == VERIFIED)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    }
+
+    #[test]
+    fn the_verified_condition_follows_the_policy_and_the_check() {
+        let digest = Digest::of(b"x");
+        let in_sync = Outcome::InSync {
+            digest: digest.clone(),
+            weight: 900,
+            changed: true,
+        };
+        let none = desired_status(&mpo(None), &in_sync, "t1", 3, &Verification::NoPolicy);
+        assert_eq!(verified(&none), None, "no policy, no condition");
+
+        let ok = desired_status(
+            &mpo(None),
+            &in_sync,
+            "t1",
+            3,
+            &Verification::Verified("signature verified with key sha256:ab".into()),
+        );
+        assert_eq!(
+            verified(&ok),
+            Some((
+                "True".into(),
+                "Verified".into(),
+                "signature verified with key sha256:ab".into()
+            ))
+        );
+
+        let refused = Outcome::Failed(PassError::Unverified {
+            image: "r/m/echo@sha256:cd".into(),
+            refusal: crate::signing::Refusal::Unsigned,
+        });
+        let s = desired_status(
+            &mpo(Some(ok.clone())),
+            &refused,
+            "t2",
+            3,
+            &Verification::Unchanged,
+        );
+        let (status, reason, message) = verified(&s).expect("a Verified condition");
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "Unsigned"));
+        assert!(message.contains("has no signature"), "{message}");
+        assert_eq!(s.image_digest, ok.image_digest, "the applied digest stays");
+        let ready = &s.conditions.as_ref().expect("conditions")[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "SignatureRefused")
+        );
+
+        // A failure before any check (the registry down) leaves the condition as it was.
+        let down = Outcome::Failed(PassError::SourceMissing("s".into()));
+        let s = desired_status(
+            &mpo(Some(ok.clone())),
+            &down,
+            "t2",
+            3,
+            &Verification::Unchanged,
+        );
+        assert_eq!(verified(&s), verified(&ok));
+        // The policy removed: the condition goes.
+        let s = desired_status(&mpo(Some(ok)), &in_sync, "t3", 3, &Verification::NoPolicy);
+        assert_eq!(verified(&s), None);
     }
 }

@@ -27,8 +27,8 @@ pub fn fingerprint(mpo: &ModulePullOverride, source: Option<&ModuleSource>) -> u
     hasher.finish()
 }
 
-/// What of a ModuleSource matters to its MPOs: how to reach the registry, and which modules it
-/// lists. Flags, `syncTime` and messages are not part of it, so writing them wakes nobody.
+/// What of a ModuleSource matters to its MPOs: how to reach the registry (and its signature
+/// policy), and which modules it lists. Flags, `syncTime` and messages are not part of it, so writing them wakes nobody.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceView {
     registry: u64,
@@ -39,6 +39,10 @@ impl SourceView {
     pub fn of(source: &ModuleSource) -> Self {
         let mut hasher = DefaultHasher::new();
         serde_json::to_string(&source.spec.registry)
+            .unwrap_or_default()
+            .hash(&mut hasher);
+        // A changed signature policy changes what each MPO may apply, as a new registry does.
+        serde_json::to_string(&source.spec.verify)
             .unwrap_or_default()
             .hash(&mut hasher);
         Self {
@@ -99,6 +103,7 @@ mod tests {
                     scheme: Default::default(),
                 },
                 release_channel: None,
+                verify: None,
             },
         );
         s.status = Some(ModuleSourceStatus {

@@ -13,7 +13,7 @@ pub use module_pull_override::{
 };
 pub use module_source::{
     ConnectSettings, ModuleSource, ModuleSourceSpec, ModuleSourceStatus, RegistrySpec,
-    RegistrySpecError, Scheme, SourceModule,
+    RegistrySpecError, Scheme, SignatureProvider, SourceModule, VerifyPolicy,
 };
 #[cfg(test)]
 pub use module_source::{test_source, test_source_listing};

@@ -71,6 +71,30 @@ pub struct ModuleSourceSpec {
     /// Deprecated upstream; accepted and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_channel: Option<String>,
+    /// A signature policy: when set, no module image of this source is switched in (by an
+    /// override, a pin or a restore) unless a signature of it verifies with one of the keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyPolicy>,
+}
+
+/// Which signatures a source's modules must carry.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyPolicy {
+    pub provider: SignatureProvider,
+    /// Trusted public keys in PEM: ECDSA P-256 (as `cosign generate-key-pair` writes it), RSA or
+    /// Ed25519. One that verifies is enough, so a key rotation lists the old and the new key for
+    /// a while.
+    #[schemars(length(min = 1))]
+    pub public_keys: Vec<String>,
+}
+
+/// The signing tool whose formats are read.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SignatureProvider {
+    /// Keyed cosign signatures (`sha256-<hex>.sig` beside the image), verified offline.
+    #[serde(rename = "cosign")]
+    Cosign,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -163,6 +187,7 @@ pub fn test_source(name: &str) -> ModuleSource {
                 scheme: Scheme::Https,
             },
             release_channel: None,
+            verify: None,
         },
     )
 }

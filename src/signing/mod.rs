@@ -29,6 +29,19 @@ pub enum Refusal {
     Malformed(String),
 }
 
+impl Refusal {
+    /// PascalCase, for the `Verified` condition's reason and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unsigned => "Unsigned",
+            Self::NotVerified { .. } => "NotVerified",
+            Self::OtherImage { .. } => "OtherImage",
+            Self::OtherRepository { .. } => "OtherRepository",
+            Self::Malformed(_) => "Malformed",
+        }
+    }
+}
+
 /// Errors of reading trusted keys.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
