@@ -418,6 +418,13 @@ async fn a_source_policy_applies_only_images_signed_with_a_trusted_key() {
             (Some("False"), Some(reason)),
             "{case}: {condition}"
         );
+        cluster
+            .wait_for_event(
+                &module,
+                "SignatureRefused",
+                std::time::Duration::from_secs(30),
+            )
+            .await;
         assert_eq!(
             layer_gets(&layers(&refused)),
             0,

@@ -15,7 +15,6 @@ use support::{
     images::ModuleImage,
     registry::RegistryKind,
     scenario::{Scenario, files_under, sorted},
-    wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -198,24 +197,6 @@ fn seed_release(root: &Path, module: &str, image: &ModuleImage) -> String {
     hex
 }
 
-/// Waits until an Event with `reason` about `object` is stored.
-async fn wait_for_event(cluster: &support::Cluster, object: &str, reason: &str) {
-    let selector = format!("regarding.name={object},reason={reason}");
-    wait_for(&format!("the {reason} event"), WAIT, || async {
-        let events = cluster.kubectl_ok(&[
-            "get",
-            "events.events.k8s.io",
-            "-A",
-            "--field-selector",
-            &selector,
-            "-o",
-            "name",
-        ]);
-        (!events.trim().is_empty()).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn deleting_with_rollback_switches_back_to_the_version_from_before_the_override() {
     let cluster = require_cluster!();
@@ -247,7 +228,7 @@ async fn deleting_with_rollback_switches_back_to_the_version_from_before_the_ove
         sorted(files_under(&s.module_dir(&module).join("dev/"))),
         sorted(release.files())
     );
-    wait_for_event(cluster, &module, "RolledBack").await;
+    cluster.wait_for_event(&module, "RolledBack", WAIT).await;
 
     // A second override without a release beneath it: deleting keeps its module, and says so.
     let other = format!("{}-n", s.id.0);
@@ -264,7 +245,9 @@ async fn deleting_with_rollback_switches_back_to_the_version_from_before_the_ove
         Some(other_digest.trim_start_matches("sha256:")),
         "nothing to roll back to: the override's module stays"
     );
-    wait_for_event(cluster, &other, "NothingToRollBackTo").await;
+    cluster
+        .wait_for_event(&other, "NothingToRollBackTo", WAIT)
+        .await;
 }
 
 #[tokio::test]

@@ -105,6 +105,25 @@ impl Cluster {
     }
 
     /// Installs `crds/` once per test binary and waits until they are Established.
+    /// Waits (up to `deadline`) until an Event with `reason` about the object named `object` is
+    /// stored, in any namespace.
+    pub async fn wait_for_event(&self, object: &str, reason: &str, deadline: Duration) {
+        let selector = format!("regarding.name={object},reason={reason}");
+        super::wait_for(&format!("the {reason} event"), deadline, || async {
+            let events = self.kubectl_ok(&[
+                "get",
+                "events.events.k8s.io",
+                "-A",
+                "--field-selector",
+                &selector,
+                "-o",
+                "name",
+            ]);
+            (!events.trim().is_empty()).then_some(())
+        })
+        .await;
+    }
+
     pub fn install_crds(&self) {
         CRDS.get_or_init(|| {
             let crds = repo_root().join("crds");
