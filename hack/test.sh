@@ -17,7 +17,8 @@ MPO_CRANE=${MPO_CRANE:-$(bash hack/crane.sh | tail -n 1)}
 export MPO_CRANE
 # cosign, for the signature tests that sign module images with the real tool.
 MPO_COSIGN=${MPO_COSIGN:-$(bash hack/cosign.sh | tail -n 1)}
-export MPO_COSIGN
+MPO_COSIGN_V3=${MPO_COSIGN_V3:-$(bash hack/cosign.sh v3.1.3 | tail -n 1)}
+export MPO_COSIGN MPO_COSIGN_V3
 # The operator image from the Dockerfile (podman, local base images), for tests/image.rs.
 if [ -z "${MPO_IMAGE:-}" ]; then
   log "building the operator image (hack/image.sh; about 8 minutes the first time)"

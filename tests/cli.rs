@@ -1169,7 +1169,10 @@ async fn every_command_has_its_own_help_and_kubectl_completes_the_plugin() {
         ("diff", "diff [OPTIONS] [SOURCE] MODULE TAG_A TAG_B"),
         ("renew", "renew [OPTIONS] MPO"),
         ("status", "status [OPTIONS] [MPO]"),
-        ("verify", "verify [OPTIONS] --key FILE [SOURCE] MODULE:TAG"),
+        (
+            "verify",
+            "verify [OPTIONS] [--key FILE] [SOURCE] MODULE:TAG",
+        ),
         ("completion", "completion bash|zsh|kubectl"),
     ] {
         let help = ok(mpo(cluster, &[command, "--help"]), "--help");

@@ -18,21 +18,28 @@ use support::{
 };
 
 fn cosign() -> Option<PathBuf> {
-    let path = std::env::var_os("MPO_COSIGN")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let cache = std::env::var_os("HOME")
-                .map(PathBuf::from)?
-                .join(".cache/mpo-operator/cosign/v2.6.5/cosign");
-            cache.is_file().then_some(cache)
-        });
+    cosign_of("MPO_COSIGN", "v2.6.5")
+}
+
+/// cosign v3, whose default is a Sigstore bundle stored as an OCI referrer.
+fn cosign_v3() -> Option<PathBuf> {
+    cosign_of("MPO_COSIGN_V3", "v3.1.3")
+}
+
+fn cosign_of(variable: &str, version: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(variable).map(PathBuf::from).or_else(|| {
+        let cache = std::env::var_os("HOME")
+            .map(PathBuf::from)?
+            .join(format!(".cache/mpo-operator/cosign/{version}/cosign"));
+        cache.is_file().then_some(cache)
+    });
     match path {
         Some(path) if path.is_file() => Some(path),
         _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("cosign is missing: run bash hack/cosign.sh (MPO_COSIGN)")
+            panic!("cosign {version} is missing: run bash hack/cosign.sh {version} ({variable})")
         }
         _ => {
-            eprintln!("SKIPPED: cosign is missing (bash hack/cosign.sh)");
+            eprintln!("SKIPPED: cosign {version} is missing (bash hack/cosign.sh {version})");
             None
         }
     }
@@ -116,11 +123,15 @@ fn get_manifest(base: &str, tag: &str) -> Value {
 }
 
 fn put_manifest(base: &str, tag: &str, manifest: &Value) {
+    put_manifest_as(base, tag, manifest, MANIFEST);
+}
+
+fn put_manifest_as(base: &str, tag: &str, manifest: &Value, media_type: &str) {
     curl(&[
         "-X",
         "PUT",
         "-H",
-        &format!("Content-Type: {MANIFEST}"),
+        &format!("Content-Type: {media_type}"),
         "--data-binary",
         &manifest.to_string(),
         &format!("{base}/manifests/{tag}"),
@@ -451,5 +462,139 @@ async fn a_source_policy_applies_only_images_signed_with_a_trusted_key() {
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
+    s.track(&format!("mop/{module}"));
+}
+
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// cosign v3.1.3's default format: a Sigstore bundle (DSSE, in-toto statement) stored as an OCI
+/// referrer, here through the referrers tag schema (docker-registry 2.8 has no referrers API).
+/// `kubectl mpo verify` reads it with the source's own policy keys, `tags` shows a SIGNED column,
+/// a referrers index copied to another image is refused, and the operator applies the signed
+/// digest with `Verified=True` naming the bundle, the unsigned one refused.
+#[tokio::test]
+async fn cosign_v3_bundles_are_read_by_the_cli_and_the_operator() {
+    let cluster = require_cluster!();
+    let Some(cosign) = cosign_v3() else { return };
+    let mut s = Scenario::start(cluster, "sig-v3", RegistryKind::Plain, &[], &[]).await;
+    let module = format!("{}-m", s.id.0);
+    let work = tempfile::tempdir().expect("temp dir");
+    let dir = work.path();
+    std::fs::create_dir_all(dir.join("docker")).expect("docker dir");
+    run_cosign(
+        &cosign,
+        dir,
+        &["generate-key-pair", "--output-key-prefix", "a"],
+    );
+    let key_a = dir.join("a.pub");
+    let repository = format!("{}/{REPO_PATH}/{module}", s.registry.host());
+    let base = format!("http://{}/v2/{REPO_PATH}/{module}", s.registry.host());
+    let signed = s
+        .push(
+            &module,
+            "v1",
+            &ModuleImage::module(&module, 900, "v3 signed"),
+        )
+        .await;
+    let unsigned = s
+        .push(
+            &module,
+            "v2",
+            &ModuleImage::module(&module, 900, "unsigned"),
+        )
+        .await;
+    run_cosign(
+        &cosign,
+        dir,
+        &[
+            "sign",
+            "--key",
+            "a.key",
+            "--use-signing-config=false",
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "--yes",
+            &format!("{repository}@{signed}"),
+        ],
+    );
+    // What cosign v3 wrote: the referrers tag, an index of one bundle referrer.
+    let index: Value = serde_json::from_slice(&curl(&[
+        "-H",
+        &format!("Accept: {INDEX}"),
+        &format!("{base}/manifests/sha256-{}", hex_of(&signed)),
+    ]))
+    .expect("an index");
+    assert_eq!(
+        index["manifests"][0]["artifactType"], "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "{index}"
+    );
+    cluster.apply_ok(&source_with_policy(&s, &[&key_a]));
+
+    // verify without --key: the source's policy keys.
+    let out = mpo(
+        &s,
+        &["verify", &s.source, &format!("{module}:v1"), "-o", "json"],
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let rows: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(rows[0]["format"], "bundle", "{rows}");
+    assert_eq!(rows[0]["digest"], signed.as_str(), "{rows}");
+    let out = mpo(&s, &["verify", &s.source, &format!("{module}:v2")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("has no signature"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // tags: a SIGNED column from the policy; the referrers tag is no version.
+    let out = mpo(&s, &["tags", &s.source, &module, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let tags: Vec<&str> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["tag"].as_str())
+        .collect();
+    assert_eq!(tags, ["v1", "v2"], "{rows}");
+    assert_eq!(rows[0]["signed"]["verified"], true, "{rows}");
+    assert_eq!(rows[0]["signed"]["format"], "bundle", "{rows}");
+    assert_eq!(rows[1]["signed"]["verified"], false, "{rows}");
+    assert_eq!(rows[1]["signed"]["reason"], "Unsigned", "{rows}");
+    let table = text(&mpo(&s, &["tags", &s.source, &module]).stdout);
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("SIGNED")),
+        "{table}"
+    );
+
+    // v1's referrers index put under v2's referrers tag: the bundle verifies but is of v1.
+    put_manifest_as(
+        &base,
+        &format!("sha256-{}", hex_of(&unsigned)),
+        &index,
+        INDEX,
+    );
+    let out = mpo(&s, &["verify", &s.source, &format!("{module}:v2")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(&format!("another image ({signed})")),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The operator: the bundle-signed digest is applied, Verified=True names the format.
+    s.apply_mpo(&module, "v1", "1h");
+    s.wait_for_digest(&module, &signed, std::time::Duration::from_secs(60))
+        .await;
+    let condition = verified_condition(&s, &module);
+    assert_eq!(condition["status"], "True", "{condition}");
+    assert!(
+        condition["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Sigstore bundle")),
+        "{condition}"
+    );
     s.track(&format!("mop/{module}"));
 }

@@ -93,6 +93,13 @@ pub enum CliError {
         #[source]
         cause: crate::signing::KeyError,
     },
+    #[error("ModuleSource {source_name:?}: spec.verify.publicKeys[{index}]: {cause}")]
+    PolicyKey {
+        source_name: String,
+        index: usize,
+        #[source]
+        cause: crate::signing::KeyError,
+    },
     /// `diff` found differences (and printed them): exit code 1, nothing more to say.
     #[error("the images differ")]
     Differ,

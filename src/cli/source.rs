@@ -12,6 +12,7 @@ use super::{CliError, args::Global, args::RepoArgs, credential_helper};
 use crate::{
     crd::{ConnectSettings, DockerCfg, DockerCfgError, ModuleSource},
     registry::{Registry, RegistryConfig, RegistryCredentials, RepoName, Transport},
+    signing::PublicKey,
 };
 
 /// The operator's defaults (`mpo-operator run --help`), so that a pull that works here works
@@ -28,8 +29,18 @@ pub async fn registry(
     source: Option<&str>,
     flags: &RepoArgs,
 ) -> Result<Registry, CliError> {
-    let config = match (source, &flags.repo) {
-        (_, Some(repo)) => repo_config(repo, flags).await?,
+    Ok(registry_and_policy(global, source, flags).await?.0)
+}
+
+/// [`registry`], with the public keys of the source's signature policy (`spec.verify`): `None`
+/// with `--repo` or a source without a policy.
+pub async fn registry_and_policy(
+    global: &Global,
+    source: Option<&str>,
+    flags: &RepoArgs,
+) -> Result<(Registry, Option<Vec<PublicKey>>), CliError> {
+    let (config, keys) = match (source, &flags.repo) {
+        (_, Some(repo)) => (repo_config(repo, flags).await?, None),
         (Some(name), None) => source_config(global, name).await?,
         (None, None) => {
             return Err(CliError::Usage(
@@ -37,7 +48,8 @@ pub async fn registry(
             ));
         }
     };
-    Registry::new(&config).map_err(|e| CliError::Repo(Box::new(e)))
+    let registry = Registry::new(&config).map_err(|e| CliError::Repo(Box::new(e)))?;
+    Ok((registry, keys))
 }
 
 /// A client as kubectl would build it: `--kubeconfig`, `--context`, else $KUBECONFIG,
@@ -63,20 +75,44 @@ pub async fn kube_client(global: &Global) -> Result<Client, CliError> {
     Ok(Client::try_from(config)?)
 }
 
-async fn source_config(global: &Global, name: &str) -> Result<RegistryConfig, CliError> {
+async fn source_config(
+    global: &Global,
+    name: &str,
+) -> Result<(RegistryConfig, Option<Vec<PublicKey>>), CliError> {
     let api = Api::<ModuleSource>::all(kube_client(global).await?);
     let source = api
         .get_opt(name)
         .await?
         .ok_or_else(|| CliError::SourceNotFound(name.to_owned()))?;
-    source
+    let config = source
         .spec
         .registry
         .registry_config(CONNECT)
         .map_err(|cause| CliError::Source {
             name: name.to_owned(),
             cause: Box::new(cause),
+        })?;
+    let keys = source
+        .spec
+        .verify
+        .as_ref()
+        .map(|policy| policy_keys(name, &policy.public_keys))
+        .transpose()?;
+    Ok((config, keys))
+}
+
+/// The policy's PEM keys, read as the operator reads them (a key it refuses is refused here).
+fn policy_keys(source: &str, pems: &[String]) -> Result<Vec<PublicKey>, CliError> {
+    pems.iter()
+        .enumerate()
+        .map(|(index, pem)| {
+            PublicKey::from_pem(pem).map_err(|cause| CliError::PolicyKey {
+                source_name: source.to_owned(),
+                index,
+                cause,
+            })
         })
+        .collect()
 }
 
 async fn repo_config(repo: &str, flags: &RepoArgs) -> Result<RegistryConfig, CliError> {

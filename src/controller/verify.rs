@@ -31,24 +31,19 @@ pub(super) async fn check_signature(
         return Ok(Some(message));
     }
     let keys = trusted_keys(source)?;
-    let signatures = registry
-        .cosign_signatures(image, digest)
-        .await
-        .map_err(|cause| PassError::Signatures {
-            image: image.at_digest(digest),
-            cause,
-        })?;
-    let pairs = signatures
-        .iter()
-        .map(|s| (s.payload.as_slice(), s.signature.as_slice()));
-    match signing::check_any(&keys, pairs, &digest.to_string(), &image.name()) {
+    let signatures =
+        registry
+            .signatures(image, digest)
+            .await
+            .map_err(|cause| PassError::Signatures {
+                image: image.at_digest(digest),
+                cause,
+            })?;
+    match signing::check_any(&keys, &signatures, &digest.to_string(), &image.name()) {
         Ok(verified) => {
             ctx.metrics.verification("Verified");
-            let mut message = format!("signature verified with key {}", verified.key);
-            if signatures.iter().any(|s| s.has_tlog_entry) {
-                message.push_str("; its transparency-log entry was not checked against a log");
-            }
-            info!(image = %image.at_digest(digest), key = %verified.key, "signature verified");
+            let message = verified_message_of(&verified);
+            info!(image = %image.at_digest(digest), key = %verified.key, format = verified.format.name(), "signature verified");
             ctx.remember_verified(remembered, message.clone());
             Ok(Some(message))
         }
@@ -61,6 +56,20 @@ pub(super) async fn check_signature(
             })
         }
     }
+}
+
+/// The `Verified` condition's message: the key, the format, and that a transparency-log entry
+/// (if the signature has one) was not checked against a log.
+fn verified_message_of(verified: &signing::Verified) -> String {
+    let mut message = format!(
+        "signature verified with key {} ({})",
+        verified.key,
+        verified.format.description()
+    );
+    if verified.has_tlog_entry {
+        message.push_str("; its transparency-log entry was not checked against a log");
+    }
+    message
 }
 
 /// The message remembered for a digest verified under the source's current keys, if any; `None`

@@ -78,7 +78,7 @@ impl ImageManifest {
 /// that worked (bearer token or basic) is kept and reused until the registry refuses it.
 #[derive(Clone)]
 pub struct Registry {
-    http: SharedHttp,
+    pub(super) http: SharedHttp,
     repo: RepoName,
     read_timeout: Duration,
     min_download_rate: u64,
@@ -392,7 +392,7 @@ impl Registry {
 
     /// The body of a successful response (manifest, config, tag page), refused past `limit`
     /// bytes; `what` names it in that error. A failed status becomes the registry's error.
-    async fn small_body(
+    pub(super) async fn small_body(
         &self,
         response: reqwest::Response,
         requested: &str,

@@ -34,5 +34,5 @@ pub use media::NotAModule;
 pub use observe::RequestObserver;
 pub use platform::{ChoiceReason, ChosenPlatform, choose_platform};
 pub use reference::{ModuleRef, RepoName};
-pub use signatures::{CosignSignature, SIMPLE_SIGNING_MEDIA_TYPE, signature_tag};
+pub use signatures::{SIMPLE_SIGNING_MEDIA_TYPE, referrers_tag, signature_tag};
 pub use verify::BodyFailure;

@@ -10,14 +10,15 @@ const SIGNATURE_TYPE: &str = "cosign container image signature";
 /// A payload is a few hundred bytes; anything much larger is not one.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 
+/// What a signature says of the image, whichever format it came in.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SimpleSigning {
-    /// `critical.image.docker-manifest-digest`.
+pub struct Claim {
+    /// `critical.image.docker-manifest-digest`, or the statement subject's sha256 digest.
     pub digest: String,
-    /// `critical.identity.docker-reference`.
+    /// `critical.identity.docker-reference`, or the statement subject's name.
     pub reference: String,
-    /// `optional`: the signer's annotations (`cosign sign -a key=value`), shown, never trusted
-    /// for anything.
+    /// `optional` (or the statement's predicate): the signer's annotations (`cosign sign -a
+    /// key=value`), shown, never trusted for anything.
     pub annotations: BTreeMap<String, serde_json::Value>,
 }
 
@@ -48,9 +49,10 @@ struct Image {
     digest: String,
 }
 
-impl SimpleSigning {
-    /// Reads a payload whose signature already verified. The error is one line for the status.
-    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+impl Claim {
+    /// Reads a simple signing payload whose signature already verified. The error is one line
+    /// for the status.
+    pub fn parse_simple_signing(bytes: &[u8]) -> Result<Self, String> {
         if bytes.len() > MAX_PAYLOAD_BYTES {
             return Err(format!(
                 "the payload has {} bytes, more than a signature payload has",

@@ -143,10 +143,15 @@ fn of_several_signatures_one_that_verifies_is_enough_and_a_refusal_says_the_most
     let other = signature(include_str!("testdata/other-image.sig"));
     let other_payload: &[u8] = include_bytes!("testdata/payload-other-image.json");
     let junk = b"not a signature".to_vec();
+    let classic = |payload: &[u8], signature: &[u8]| Signature::Classic {
+        payload: payload.to_vec(),
+        signature: signature.to_vec(),
+        has_tlog_entry: false,
+    };
     assert!(
         check_any(
             &[ecdsa()],
-            [(PAYLOAD, &junk[..]), (PAYLOAD, &good[..])],
+            &[classic(PAYLOAD, &junk), classic(PAYLOAD, &good)],
             DIGEST,
             REPOSITORY
         )
@@ -155,7 +160,7 @@ fn of_several_signatures_one_that_verifies_is_enough_and_a_refusal_says_the_most
     assert!(matches!(
         check_any(
             &[ecdsa()],
-            [(other_payload, &other[..]), (PAYLOAD, &junk[..])],
+            &[classic(other_payload, &other), classic(PAYLOAD, &junk)],
             DIGEST,
             REPOSITORY
         ),
@@ -209,8 +214,86 @@ fn keys_that_are_not_supported_are_said_to_be() {
 
 #[test]
 fn a_payload_that_is_no_simple_signing_document_is_refused_in_one_line() {
-    let refused = SimpleSigning::parse(b"{\"critical\":{}}").expect_err("refused");
+    let refused = Claim::parse_simple_signing(b"{\"critical\":{}}").expect_err("refused");
     assert!(!refused.contains('\n'), "{refused}");
     let huge = vec![b' '; payload::MAX_PAYLOAD_BYTES + 1];
-    assert!(SimpleSigning::parse(&huge).is_err());
+    assert!(Claim::parse_simple_signing(&huge).is_err());
+}
+
+/// A bundle `cosign sign` v3.1.3 stored as a referrer (`--use-signing-config=false
+/// --tlog-upload=false`), and the public key it was made with.
+const V3_BUNDLE: &[u8] = include_bytes!("testdata/cosign-v3-bundle.json");
+const V3_DIGEST: &str = "sha256:3ede1be3ff4c6c523054e3cc8a27bff129487c4345ec025f878ef41f498849e7";
+
+fn v3_key() -> PublicKey {
+    key(include_str!("testdata/cosign-v3.pub"))
+}
+
+/// The bundle with its envelope's payload replaced by `edit` of the statement.
+fn v3_bundle_with(edit: impl Fn(&str) -> String) -> Vec<u8> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut bundle: serde_json::Value = serde_json::from_slice(V3_BUNDLE).expect("JSON");
+    let payload = b64
+        .decode(bundle["dsseEnvelope"]["payload"].as_str().expect("payload"))
+        .expect("base64");
+    let edited = edit(&String::from_utf8(payload).expect("UTF-8"));
+    bundle["dsseEnvelope"]["payload"] = b64.encode(edited).into();
+    bundle.to_string().into_bytes()
+}
+
+#[test]
+fn a_cosign_v3_bundle_verifies_with_its_key_for_its_digest_in_any_repository() {
+    let verified =
+        check_bundle(&[ecdsa(), v3_key()], V3_BUNDLE, V3_DIGEST, REPOSITORY).expect("verified");
+    assert_eq!(verified.key, v3_key().fingerprint());
+    assert_eq!(verified.format, Format::Bundle);
+    assert!(!verified.has_tlog_entry);
+    // cosign v3 names the subject by digest only.
+    assert_eq!(verified.payload.reference, "");
+    assert_eq!(
+        check_bundle(&[ecdsa()], V3_BUNDLE, V3_DIGEST, REPOSITORY),
+        Err(Refusal::NotVerified { keys: 1 })
+    );
+}
+
+#[test]
+fn a_bundle_of_another_digest_or_altered_or_of_another_kind_is_refused() {
+    let other = "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+    assert!(matches!(
+        check_bundle(&[v3_key()], V3_BUNDLE, other, REPOSITORY),
+        Err(Refusal::OtherImage { .. })
+    ));
+    let altered = v3_bundle_with(|s| {
+        s.replace(
+            V3_DIGEST.trim_start_matches("sha256:"),
+            other.trim_start_matches("sha256:"),
+        )
+    });
+    assert_eq!(
+        check_bundle(&[v3_key()], &altered, other, REPOSITORY),
+        Err(Refusal::NotVerified { keys: 1 })
+    );
+    let message_signature = br#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","messageSignature":{"signature":"AA=="}}"#;
+    assert!(matches!(
+        check_bundle(&[v3_key()], message_signature, V3_DIGEST, REPOSITORY),
+        Err(Refusal::Malformed(m)) if m.contains("message signature")
+    ));
+    assert!(matches!(
+        check_bundle(&[v3_key()], b"{}", V3_DIGEST, REPOSITORY),
+        Err(Refusal::Malformed(_))
+    ));
+    // Among several, the bundle that verifies is enough.
+    let signatures = [
+        Signature::Bundle(altered),
+        Signature::Bundle(V3_BUNDLE.to_vec()),
+    ];
+    assert!(check_any(&[v3_key()], &signatures, V3_DIGEST, REPOSITORY).is_ok());
+}
+
+#[test]
+fn dsse_pre_authentication_encoding_binds_the_type_and_the_length() {
+    assert_eq!(
+        bundle::pre_authentication_encoding("application/vnd.in-toto+json", b"{}"),
+        b"DSSEv1 28 application/vnd.in-toto+json 2 {}".to_vec()
+    );
 }

@@ -1,5 +1,7 @@
 //! `kubectl mpo tags`.
 
+use std::path::PathBuf;
+
 use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
@@ -11,9 +13,11 @@ use super::super::{
     output::{self, Table},
     source,
 };
+use super::verify::{self, read_keys};
 use crate::{
     Digest,
     registry::{ModuleRef, Registry, RegistryError},
+    signing::{self, PublicKey},
 };
 
 /// Tags classified at once (each costs a HEAD, a manifest and a config GET).
@@ -37,6 +41,11 @@ pub struct TagsArgs {
     /// Only list the tags, without reading each image's config to tell its kind.
     #[arg(long)]
     pub no_kind: bool,
+    /// Check each tag's signature against this public key (PEM; repeat for several) and show a
+    /// SIGNED column. Without it, a ModuleSource with a signature policy (spec.verify) is checked
+    /// against its own keys.
+    #[arg(long = "key", value_name = "FILE")]
+    pub keys: Vec<PathBuf>,
 }
 
 /// What a tag of `<repo>/<module>` holds, judged from its image config.
@@ -61,15 +70,67 @@ struct TagRow {
     kind: Option<ImageKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     digest: Option<String>,
+    /// Whether a signature of the image verifies, when there are keys to check it with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signed: Option<SignedCell>,
     /// Why this tag could not be resolved or read (a deleted manifest or blob, a registry
     /// error): the other tags are still listed.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
 
+/// The SIGNED column: `yes` with the key and format, or `no` with the refusal's reason.
+#[derive(Serialize)]
+struct SignedCell {
+    verified: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<signing::Format>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+impl SignedCell {
+    fn of(verdict: Result<signing::Verified, signing::Refusal>) -> Self {
+        match verdict {
+            Ok(verified) => Self {
+                verified: true,
+                key: Some(verified.key),
+                format: Some(verified.format),
+                reason: None,
+                message: None,
+            },
+            Err(refusal) => Self {
+                verified: false,
+                key: None,
+                format: None,
+                reason: Some(refusal.reason()),
+                message: Some(refusal.to_string()),
+            },
+        }
+    }
+
+    fn cell(&self) -> String {
+        match (self.verified, self.reason) {
+            (true, _) => "yes".into(),
+            (false, Some(reason)) => format!("no ({reason})"),
+            (false, None) => "no".into(),
+        }
+    }
+}
+
 pub async fn run(global: &Global, args: TagsArgs) -> Result<(), CliError> {
     let (source, rest) = split_operands(&args.repo, &args.operands, &["MODULE"], 0)?;
-    let registry = source::registry(global, source.as_deref(), &args.repo).await?;
+    let (registry, policy) =
+        source::registry_and_policy(global, source.as_deref(), &args.repo).await?;
+    let keys = if args.keys.is_empty() {
+        policy
+    } else {
+        Some(read_keys(&args.keys)?)
+    };
     let image = module_ref(&registry, &rest[0], "latest", false)?;
     let tags = registry
         .list_tags(&image)
@@ -81,31 +142,46 @@ pub async fn run(global: &Global, args: TagsArgs) -> Result<(), CliError> {
                 tag,
                 kind: None,
                 digest: None,
+                signed: None,
                 error: None,
             })
             .collect()
     } else {
         futures::stream::iter(tags)
-            .map(|tag| classify_or_report(&registry, &image, tag))
+            .map(|tag| classify_or_report(&registry, &image, tag, keys.as_deref()))
             .buffered(CLASSIFY_CONCURRENCY)
             .collect()
             .await
     };
     let failed = rows.iter().filter(|r| r.error.is_some()).count();
+    // --no-kind resolves nothing, so there is no digest whose signature could be checked.
+    let show_signed = keys.is_some() && !args.no_kind;
     output::print(global.output, &rows, |rows| {
         let mut headers = vec!["TAG", "KIND", "DIGEST"];
+        if show_signed {
+            headers.push("SIGNED");
+        }
         if failed > 0 {
             headers.push("ERROR");
         }
         let mut table = Table::new(&headers);
         for row in rows {
             let kind = row.kind.map(|k| format!("{k:?}").to_lowercase());
-            table.row(vec![
+            let mut cells = vec![
                 row.tag.clone(),
                 kind.unwrap_or_default(),
                 row.digest.clone().unwrap_or_default(),
-                row.error.clone().unwrap_or_default(),
-            ]);
+            ];
+            if show_signed {
+                cells.push(
+                    row.signed
+                        .as_ref()
+                        .map(SignedCell::cell)
+                        .unwrap_or_default(),
+                );
+            }
+            cells.push(row.error.clone().unwrap_or_default());
+            table.row(cells);
         }
         table
     })?;
@@ -120,24 +196,36 @@ pub async fn run(global: &Global, args: TagsArgs) -> Result<(), CliError> {
 }
 
 /// [`classify`], a failure reported in the tag's row instead of failing the listing.
-async fn classify_or_report(registry: &Registry, image: &ModuleRef, tag: String) -> TagRow {
-    match classify(registry, image, tag.clone()).await {
+async fn classify_or_report(
+    registry: &Registry,
+    image: &ModuleRef,
+    tag: String,
+    keys: Option<&[PublicKey]>,
+) -> TagRow {
+    match classify(registry, image, tag.clone(), keys).await {
         Ok(row) => row,
         Err(err) => TagRow {
             tag,
             kind: None,
             digest: None,
+            signed: None,
             error: Some(err.to_string()),
         },
     }
 }
 
-async fn classify(registry: &Registry, image: &ModuleRef, tag: String) -> Result<TagRow, CliError> {
+async fn classify(
+    registry: &Registry,
+    image: &ModuleRef,
+    tag: String,
+    keys: Option<&[PublicKey]>,
+) -> Result<TagRow, CliError> {
     let Ok(image) = image.with_tag(&tag) else {
         return Ok(TagRow {
             tag,
             kind: Some(ImageKind::Unknown),
             digest: None,
+            signed: None,
             error: None,
         });
     };
@@ -154,10 +242,17 @@ async fn classify(registry: &Registry, image: &ModuleRef, tag: String) -> Result
             ));
         }
     };
+    let signed = match keys {
+        Some(keys) => Some(SignedCell::of(
+            verify::check(registry, keys, &image, &digest).await?,
+        )),
+        None => None,
+    };
     Ok(TagRow {
         tag,
         kind: Some(kind),
         digest: Some(digest.to_string()),
+        signed,
         error: None,
     })
 }

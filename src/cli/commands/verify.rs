@@ -12,20 +12,27 @@ use super::super::{
     output::{self, Table},
     source,
 };
-use crate::signing::{self, PublicKey};
+use crate::{
+    Digest,
+    registry::{ModuleRef, Registry},
+    signing::{self, PublicKey},
+};
 
-/// Check the cosign signature of a module image against public keys; exit 1 when none verifies.
+/// Check the cosign signatures of a module image (classic `.sig` tags and Sigstore bundle
+/// referrers) against public keys: the `--key` files, else the ModuleSource's `spec.verify`
+/// keys. Exit 1 when none verifies.
 #[derive(Debug, Args)]
 #[command(
-    override_usage = "kubectl mpo verify [OPTIONS] --key FILE [SOURCE] MODULE:TAG",
-    after_help = "Examples:\n  kubectl mpo verify deckhouse-prod echo:v1.23.1 --key cosign.pub\n  kubectl mpo verify --repo registry.example.com/modules echo:main --key old.pub --key new.pub"
+    override_usage = "kubectl mpo verify [OPTIONS] [--key FILE] [SOURCE] MODULE:TAG",
+    after_help = "Examples:\n  kubectl mpo verify deckhouse-prod echo:v1.23.1               # the source's spec.verify keys\n  kubectl mpo verify deckhouse-prod echo:v1.23.1 --key cosign.pub\n  kubectl mpo verify --repo registry.example.com/modules echo:main --key old.pub --key new.pub"
 )]
 pub struct VerifyArgs {
     #[command(flatten)]
     pub repo: RepoArgs,
     /// A trusted public key in PEM (ECDSA P-256 as `cosign generate-key-pair` writes it, RSA or
-    /// Ed25519); repeat it for several, as during a key rotation.
-    #[arg(long = "key", value_name = "FILE", required = true)]
+    /// Ed25519); repeat it for several, as during a key rotation. Without it, the keys of the
+    /// ModuleSource's signature policy.
+    #[arg(long = "key", value_name = "FILE")]
     pub keys: Vec<PathBuf>,
     /// [SOURCE] MODULE:TAG: the ModuleSource (none with --repo) and the image, as MODULE:TAG, MODULE@sha256:… or MODULE:TAG@sha256:….
     #[arg(value_name = "[SOURCE] MODULE:TAG")]
@@ -38,6 +45,7 @@ struct Signed {
     digest: String,
     key: String,
     algorithm: &'static str,
+    format: signing::Format,
     reference: String,
     annotations: std::collections::BTreeMap<String, serde_json::Value>,
     /// cosign attached a transparency-log entry; it is not checked (offline, keyed signature).
@@ -45,45 +53,41 @@ struct Signed {
 }
 
 pub async fn run(global: &Global, args: VerifyArgs) -> Result<(), CliError> {
-    let keys = read_keys(&args.keys)?;
     let (source, rest) = split_operands(&args.repo, &args.operands, &["MODULE:TAG"], 0)?;
-    let registry = source::registry(global, source.as_deref(), &args.repo).await?;
+    let (registry, policy) =
+        source::registry_and_policy(global, source.as_deref(), &args.repo).await?;
+    let keys = trusted_keys(&args.keys, policy, source.as_deref())?;
     let (image, digest) = image_at(&registry, &rest[0]).await?;
-    let signatures =
-        registry
-            .cosign_signatures(&image, &digest)
-            .await
-            .map_err(CliError::registry(
-                "cannot read the signatures of",
-                image.at_digest(&digest),
-            ))?;
-    let pairs = signatures
-        .iter()
-        .map(|s| (s.payload.as_slice(), s.signature.as_slice()));
-    let verified = signing::check_any(&keys, pairs, &digest.to_string(), &image.name()).map_err(
-        |refusal| CliError::Unverified {
+    let verified = check(&registry, &keys, &image, &digest)
+        .await?
+        .map_err(|refusal| CliError::Unverified {
             image: image.at_digest(&digest),
             refusal,
-        },
-    )?;
+        })?;
     let algorithm = keys
         .iter()
         .find(|k| k.fingerprint() == verified.key)
         .map_or("", |k| k.algorithm().name());
-    // The signature that verified is the one whose payload names the digest; its log entry,
-    // if any, is what the note is about.
-    let tlog = signatures.iter().any(|s| s.has_tlog_entry);
+    let tlog = verified.has_tlog_entry;
     let row = Signed {
         image: image.name(),
         digest: verified.payload.digest.clone(),
         key: verified.key.clone(),
         algorithm,
+        format: verified.format,
         reference: verified.payload.reference.clone(),
         annotations: verified.payload.annotations.clone(),
         tlog_entry_unchecked: tlog,
     };
     output::print(global.output, &[row], |rows| {
-        let mut table = Table::new(&["DIGEST", "KEY", "ALGORITHM", "SIGNED FOR", "ANNOTATIONS"]);
+        let mut table = Table::new(&[
+            "DIGEST",
+            "KEY",
+            "ALGORITHM",
+            "FORMAT",
+            "SIGNED FOR",
+            "ANNOTATIONS",
+        ]);
         for r in rows {
             let annotations: Vec<String> = r
                 .annotations
@@ -97,7 +101,12 @@ pub async fn run(global: &Global, args: VerifyArgs) -> Result<(), CliError> {
                 r.digest.clone(),
                 r.key.clone(),
                 r.algorithm.to_owned(),
-                r.reference.clone(),
+                r.format.name().to_owned(),
+                if r.reference.is_empty() {
+                    "(the digest only)".to_owned()
+                } else {
+                    r.reference.clone()
+                },
                 annotations.join(","),
             ]);
         }
@@ -111,7 +120,49 @@ pub async fn run(global: &Global, args: VerifyArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn read_keys(paths: &[PathBuf]) -> Result<Vec<PublicKey>, CliError> {
+/// The signatures of `image@digest` checked against `keys`: the outer error is the registry's,
+/// the inner result the verdict.
+pub async fn check(
+    registry: &Registry,
+    keys: &[PublicKey],
+    image: &ModuleRef,
+    digest: &Digest,
+) -> Result<Result<signing::Verified, signing::Refusal>, CliError> {
+    let signatures = registry
+        .signatures(image, digest)
+        .await
+        .map_err(CliError::registry(
+            "cannot read the signatures of",
+            image.at_digest(digest),
+        ))?;
+    Ok(signing::check_any(
+        keys,
+        &signatures,
+        &digest.to_string(),
+        &image.name(),
+    ))
+}
+
+/// `--key` files when given, else the source's policy keys; one or the other is needed.
+pub fn trusted_keys(
+    paths: &[PathBuf],
+    policy: Option<Vec<PublicKey>>,
+    source: Option<&str>,
+) -> Result<Vec<PublicKey>, CliError> {
+    if !paths.is_empty() {
+        return read_keys(paths);
+    }
+    policy.ok_or_else(|| {
+        CliError::Usage(match source {
+            Some(name) => format!(
+                "ModuleSource {name:?} has no signature policy (spec.verify): give the keys with --key FILE"
+            ),
+            None => "give the trusted keys with --key FILE".into(),
+        })
+    })
+}
+
+pub fn read_keys(paths: &[PathBuf]) -> Result<Vec<PublicKey>, CliError> {
     paths
         .iter()
         .map(|path| {
