@@ -15,6 +15,7 @@ use support::{
     images::ModuleImage,
     registry::RegistryKind,
     scenario::{REPO_PATH, Scenario},
+    wait::wait_for,
 };
 
 fn cosign() -> Option<PathBuf> {
@@ -514,7 +515,37 @@ async fn cosign_v3_bundles_are_read_by_the_cli_and_the_operator() {
             "--tlog-upload=false",
             "--allow-http-registry",
             "--yes",
+            "-a",
+            "commit=abc123",
             &format!("{repository}@{signed}"),
+        ],
+    );
+    // An attestation made with the same trusted key over a third image: a statement of
+    // something else (an SLSA provenance), no signature of it.
+    let attested = s
+        .push(
+            &module,
+            "v3",
+            &ModuleImage::module(&module, 900, "attested only"),
+        )
+        .await;
+    std::fs::write(dir.join("provenance.json"), r#"{"buildType":"test"}"#).expect("predicate file");
+    run_cosign(
+        &cosign,
+        dir,
+        &[
+            "attest",
+            "--key",
+            "a.key",
+            "--type",
+            "slsaprovenance1",
+            "--predicate",
+            "provenance.json",
+            "--use-signing-config=false",
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "--yes",
+            &format!("{repository}@{attested}"),
         ],
     );
     // What cosign v3 wrote: the referrers tag, an index of one bundle referrer.
@@ -540,6 +571,16 @@ async fn cosign_v3_bundles_are_read_by_the_cli_and_the_operator() {
     let rows: Value = serde_json::from_str(&stdout).expect("JSON");
     assert_eq!(rows[0]["format"], "bundle", "{rows}");
     assert_eq!(rows[0]["digest"], signed.as_str(), "{rows}");
+    // The signer's `-a` annotation, read from the statement's subject.
+    assert_eq!(rows[0]["annotations"]["commit"], "abc123", "{rows}");
+    let out = mpo(&s, &["verify", &s.source, &format!("{module}:v3")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("is an attestation")
+            && text(&out.stderr).contains("https://slsa.dev/provenance/v1"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = mpo(&s, &["verify", &s.source, &format!("{module}:v2")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -558,7 +599,7 @@ async fn cosign_v3_bundles_are_read_by_the_cli_and_the_operator() {
         .iter()
         .filter_map(|r| r["tag"].as_str())
         .collect();
-    assert_eq!(tags, ["v1", "v2"], "{rows}");
+    assert_eq!(tags, ["v1", "v2", "v3"], "{rows}");
     assert_eq!(rows[0]["signed"]["verified"], true, "{rows}");
     assert_eq!(rows[0]["signed"]["format"], "bundle", "{rows}");
     assert_eq!(rows[1]["signed"]["verified"], false, "{rows}");
@@ -596,5 +637,54 @@ async fn cosign_v3_bundles_are_read_by_the_cli_and_the_operator() {
             .is_some_and(|m| m.contains("Sigstore bundle")),
         "{condition}"
     );
+
+    // v2 (whose referrers tag holds v1's bundle) polled every 2 s: refused once, and the
+    // refusal remembered, so the following resolves ask for no signature (three requests each
+    // otherwise: the `.sig` tag, the referrers API, the referrers tag).
+    s.apply_mpo(&module, "v2", "2s");
+    s.wait_for_message(&module, "another image", std::time::Duration::from_secs(60))
+        .await;
+    let signature_requests = || {
+        s.registry
+            .count_requests("GET", &format!("sha256-{}", hex_of(&unsigned)))
+            + s.registry.count_requests("GET", "/referrers/")
+    };
+    let resolves = || s.registry.count_requests("HEAD", "/manifests/v2");
+    let (requests_at_refusal, resolves_at_refusal) = (signature_requests(), resolves());
+    wait_for(
+        "three more resolves of v2",
+        std::time::Duration::from_secs(30),
+        || async { (resolves() >= resolves_at_refusal + 3).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        signature_requests(),
+        requests_at_refusal,
+        "a remembered refusal asks the registry for no signature"
+    );
+    // Signed after the fact (cosign adds its bundle to the referrers index): a renew looks again
+    // at once, without waiting for the backoff.
+    run_cosign(
+        &cosign,
+        dir,
+        &[
+            "sign",
+            "--key",
+            "a.key",
+            "--use-signing-config=false",
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "--yes",
+            &format!("{repository}@{unsigned}"),
+        ],
+    );
+    cluster.kubectl_ok(&[
+        "annotate",
+        "--overwrite",
+        &format!("mop/{module}"),
+        "renew=",
+    ]);
+    s.wait_for_digest(&module, &unsigned, std::time::Duration::from_secs(20))
+        .await;
     s.track(&format!("mop/{module}"));
 }

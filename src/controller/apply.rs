@@ -174,7 +174,7 @@ async fn try_pass(
     let recorded = recorded_digest(mpo);
     if let Some(pin) = pinned_digest(mpo)? {
         // A pin is no way around the source's signature policy either.
-        verify::check_signature(ctx, source, &registry, &image, &pin).await?;
+        verify::check_signature(ctx, source, &registry, &image, &pin, renew != Renew::None).await?;
         return apply_pin(ctx, &registry, &image, mpo, recorded.as_ref(), pin, renew).await;
     }
     let digest = match registry.resolve(&image).await {
@@ -192,7 +192,15 @@ async fn try_pass(
     ctx.metrics.resolved(&name);
     // Before anything of the digest is switched in or downloaded; remembered per digest, so the
     // idle path makes no request for it. A refusal leaves the active module as it is.
-    verify::check_signature(ctx, source, &registry, &image, &digest).await?;
+    verify::check_signature(
+        ctx,
+        source,
+        &registry,
+        &image,
+        &digest,
+        renew != Renew::None,
+    )
+    .await?;
     let up_to_date = recorded.as_ref() == Some(&digest) && ctx.store.is_active(&name, &digest);
     if up_to_date && renew != Renew::Force {
         debug!(mpo = %name, %digest, "tag unchanged");
@@ -364,7 +372,7 @@ async fn restore_recorded(
         return;
     }
     // A recorded digest obeys the source's signature policy as a new one does.
-    if let Err(err) = verify::check_signature(ctx, source, registry, image, recorded).await {
+    if let Err(err) = verify::check_signature(ctx, source, registry, image, recorded, false).await {
         warn!(mpo = %image.module(), digest = %recorded, "not restoring the recorded digest: {err}");
         return;
     }

@@ -40,14 +40,9 @@ pub struct Context {
     registries: Mutex<HashMap<String, (String, Registry)>>,
     checks: Mutex<HashMap<String, LastCheck>>,
     api_failures: Mutex<HashMap<String, u32>>,
-    /// Digests whose signature verified, keyed by digest and the keys' hash, with the
-    /// `Verified` condition's message; bounded by [`MAX_REMEMBERED_VERIFICATIONS`].
-    verifications: Mutex<HashMap<String, String>>,
+    /// What signature checks found, per digest and key set: no request on the idle path.
+    pub(super) signatures: super::verify::Memory,
 }
-
-/// Far more digests than a cluster applies in a process's life; past it the memory starts over
-/// (each digest is then verified once more).
-const MAX_REMEMBERED_VERIFICATIONS: usize = 100_000;
 
 /// Events a cold start may queue before new ones are dropped.
 const EVENT_QUEUE: usize = 4096;
@@ -126,7 +121,7 @@ impl Context {
             registries: Mutex::default(),
             checks: Mutex::default(),
             api_failures: Mutex::default(),
-            verifications: Mutex::default(),
+            signatures: super::verify::Memory::default(),
         }
     }
 
@@ -213,23 +208,6 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.to_owned(), check);
-    }
-
-    /// The message of a remembered signature verification.
-    pub fn verified(&self, key: &str) -> Option<String> {
-        self.verifications
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()
-    }
-
-    pub fn remember_verified(&self, key: String, message: String) {
-        let mut map = self.verifications.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_REMEMBERED_VERIFICATIONS {
-            map.clear();
-        }
-        map.insert(key, message);
     }
 
     /// The ModuleSource named `name`, from the shared store.

@@ -117,7 +117,8 @@ pub(super) async fn restore_one(ctx: &Context, mpo: ModulePullOverride, digest: 
         }
     };
     // A recorded digest obeys the source's signature policy as a new one does.
-    if let Err(err) = super::verify::check_signature(ctx, &source, &registry, &image, &digest).await
+    if let Err(err) =
+        super::verify::check_signature(ctx, &source, &registry, &image, &digest, false).await
     {
         warn!(mpo = %name, %digest, "not restoring the recorded digest: {err}");
         ctx.metrics.restore_done("refused");

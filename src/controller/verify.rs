@@ -1,7 +1,15 @@
 //! A source's signature policy (`spec.verify`), applied to a digest before anything of it is
 //! switched in: after the resolve, before any layer is downloaded. A digest verified under the
 //! same keys is remembered for the life of the process, so an idle pass adds no request and a
-//! restart verifies each digest once.
+//! restart verifies each digest once. A refused digest is remembered too, and checked again
+//! after a backoff (its signature may be pushed after the image), on a renew, or at once under
+//! other keys.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use kube::ResourceExt;
 use sha2::{Digest as _, Sha256};
@@ -12,23 +20,107 @@ use crate::{
     Digest,
     crd::ModuleSource,
     registry::{ModuleRef, Registry},
-    signing::{self, PublicKey},
+    signing::{self, PublicKey, Refusal},
 };
 
+/// Far more digests than a cluster applies in a process's life; past it a memory starts over
+/// (each digest is then checked once more).
+const MAX_REMEMBERED: usize = 100_000;
+/// A refused digest is checked again this long after its first refusal, the wait doubling with
+/// each refusal up to [`REFUSAL_RECHECK_MAX`]: a signature pushed soon after its image is found
+/// within a minute or so, and a digest that stays unsigned costs a few requests an hour instead
+/// of three (the `.sig` tag, the referrers API, the referrers tag) every interval.
+const REFUSAL_RECHECK_FIRST: Duration = Duration::from_secs(30);
+const REFUSAL_RECHECK_MAX: Duration = Duration::from_secs(10 * 60);
+
+/// The wait before a digest refused `refusals` times in a row is checked again.
+pub(super) fn recheck_after(refusals: u32) -> Duration {
+    let doublings = refusals.saturating_sub(1).min(16);
+    REFUSAL_RECHECK_FIRST
+        .saturating_mul(1 << doublings)
+        .min(REFUSAL_RECHECK_MAX)
+}
+
+/// What signature checks found, keyed by [`remembered_key`] (digest and key set).
+#[derive(Default)]
+pub(super) struct Memory {
+    /// The `Verified` condition's message of each verified digest.
+    verified: Mutex<HashMap<String, String>>,
+    refused: Mutex<HashMap<String, Refused>>,
+}
+
+struct Refused {
+    refusal: Refusal,
+    /// Refusals in a row, for the backoff.
+    refusals: u32,
+    recheck_at: Instant,
+}
+
+impl Memory {
+    pub fn verified(&self, key: &str) -> Option<String> {
+        lock(&self.verified).get(key).cloned()
+    }
+
+    pub fn remember_verified(&self, key: String, message: String) {
+        lock(&self.refused).remove(&key);
+        let mut verified = lock(&self.verified);
+        if verified.len() >= MAX_REMEMBERED {
+            verified.clear();
+        }
+        verified.insert(key, message);
+    }
+
+    /// The refusal of `key` while its backoff lasts at `now`.
+    pub fn refused(&self, key: &str, now: Instant) -> Option<Refusal> {
+        lock(&self.refused)
+            .get(key)
+            .filter(|refused| now < refused.recheck_at)
+            .map(|refused| refused.refusal.clone())
+    }
+
+    pub fn remember_refused(&self, key: String, refusal: Refusal, now: Instant) {
+        let mut refused = lock(&self.refused);
+        if refused.len() >= MAX_REMEMBERED && !refused.contains_key(&key) {
+            refused.clear();
+        }
+        let refusals = refused.get(&key).map_or(0, |r| r.refusals) + 1;
+        refused.insert(
+            key,
+            Refused {
+                refusal,
+                refusals,
+                recheck_at: now + recheck_after(refusals),
+            },
+        );
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A pass that panicked holding the lock left a whole map behind: entries are single inserts.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Whether the source's policy lets `digest` be applied: `Ok(None)` without a policy, else the
-/// `Verified` condition's message.
+/// `Verified` condition's message. `recheck` (a renew) looks again at a digest refused earlier.
 pub(super) async fn check_signature(
     ctx: &Context,
     source: &ModuleSource,
     registry: &Registry,
     image: &ModuleRef,
     digest: &Digest,
+    recheck: bool,
 ) -> Result<Option<String>, PassError> {
     let Some(remembered) = remembered_key(source, digest) else {
         return Ok(None);
     };
-    if let Some(message) = ctx.verified(&remembered) {
+    if let Some(message) = ctx.signatures.verified(&remembered) {
         return Ok(Some(message));
+    }
+    if !recheck && let Some(refusal) = ctx.signatures.refused(&remembered, Instant::now()) {
+        return Err(PassError::Unverified {
+            image: image.at_digest(digest),
+            refusal,
+        });
     }
     let keys = trusted_keys(source)?;
     let signatures =
@@ -44,12 +136,15 @@ pub(super) async fn check_signature(
             ctx.metrics.verification("Verified");
             let message = verified_message_of(&verified);
             info!(image = %image.at_digest(digest), key = %verified.key, format = verified.format.name(), "signature verified");
-            ctx.remember_verified(remembered, message.clone());
+            ctx.signatures
+                .remember_verified(remembered, message.clone());
             Ok(Some(message))
         }
         Err(refusal) => {
             ctx.metrics.verification(refusal.reason());
             warn!(image = %image.at_digest(digest), "signature refused: {refusal}");
+            ctx.signatures
+                .remember_refused(remembered, refusal.clone(), Instant::now());
             Err(PassError::Unverified {
                 image: image.at_digest(digest),
                 refusal,
@@ -79,7 +174,7 @@ pub(super) fn verified_message(
     source: &ModuleSource,
     digest: &Digest,
 ) -> Option<Option<String>> {
-    remembered_key(source, digest).map(|key| ctx.verified(&key))
+    remembered_key(source, digest).map(|key| ctx.signatures.verified(&key))
 }
 
 /// `<digest> <sha256 of the keys>`: a changed key list verifies again.
@@ -110,4 +205,44 @@ fn trusted_keys(source: &ModuleSource) -> Result<Vec<PublicKey>, PassError> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_digest_is_checked_again_after_a_doubling_wait_with_a_ceiling() {
+        let waits: Vec<u64> = (1..=8).map(|n| recheck_after(n).as_secs()).collect();
+        assert_eq!(waits, [30, 60, 120, 240, 480, 600, 600, 600]);
+        assert_eq!(recheck_after(u32::MAX), REFUSAL_RECHECK_MAX);
+        assert_eq!(recheck_after(0), REFUSAL_RECHECK_FIRST);
+    }
+
+    #[test]
+    fn a_remembered_refusal_holds_until_its_wait_is_over_and_a_verification_ends_it() {
+        let memory = Memory::default();
+        let start = Instant::now();
+        let key = "sha256:aa keys".to_owned();
+        assert_eq!(memory.refused(&key, start), None);
+        memory.remember_refused(key.clone(), Refusal::Unsigned, start);
+        assert_eq!(memory.refused(&key, start), Some(Refusal::Unsigned));
+        let second = start + Duration::from_secs(29);
+        assert_eq!(memory.refused(&key, second), Some(Refusal::Unsigned));
+        let after = start + Duration::from_secs(30);
+        assert_eq!(memory.refused(&key, after), None);
+        // Refused again: the next wait is twice as long, and says the latest refusal.
+        let refusal = Refusal::NotVerified { keys: 2 };
+        memory.remember_refused(key.clone(), refusal.clone(), after);
+        assert_eq!(
+            memory.refused(&key, after + Duration::from_secs(59)),
+            Some(refusal)
+        );
+        assert_eq!(memory.refused(&key, after + Duration::from_secs(60)), None);
+        // Another key set is another key: nothing remembered for it.
+        assert_eq!(memory.refused("sha256:aa other-keys", after), None);
+        memory.remember_verified(key.clone(), "verified".into());
+        assert_eq!(memory.refused(&key, after), None);
+        assert_eq!(memory.verified(&key).as_deref(), Some("verified"));
+    }
 }

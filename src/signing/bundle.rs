@@ -13,6 +13,10 @@ use super::{PublicKey, payload::MAX_PAYLOAD_BYTES};
 
 pub const BUNDLE_MEDIA_TYPE_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
 const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+/// The predicate type of what `cosign sign` v3 writes. Anything else signed with a trusted key
+/// (an attestation from `cosign attest`: an SBOM, a provenance) says something else of the image
+/// and is no signature of it: `cosign verify` does not look, we do.
+pub(super) const COSIGN_SIGN_PREDICATE_TYPE: &str = "https://sigstore.dev/cosign/sign/v1";
 const IN_TOTO_STATEMENT_TYPES: [&str; 2] = [
     "https://in-toto.io/Statement/v1",
     "https://in-toto.io/Statement/v0.1",
@@ -31,9 +35,6 @@ pub(super) struct Bundle {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Statement {
     pub subjects: Vec<Subject>,
-    pub predicate_type: String,
-    /// The predicate's string fields (cosign puts the signer's `-a key=value` annotations there).
-    pub annotations: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -41,6 +42,8 @@ pub(super) struct Subject {
     pub name: String,
     /// `sha256:<hex>`, when the subject has a sha256 digest.
     pub digest: Option<String>,
+    /// The subject's annotations: cosign v3 puts the signer's `-a key=value` there.
+    pub annotations: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -84,8 +87,6 @@ struct StatementDocument {
     subject: Vec<SubjectDocument>,
     #[serde(rename = "predicateType", default)]
     predicate_type: String,
-    #[serde(default)]
-    predicate: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +95,8 @@ struct SubjectDocument {
     name: String,
     #[serde(default)]
     digest: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, serde_json::Value>,
 }
 
 /// The most signatures of one envelope tried: each is a verification per key.
@@ -163,7 +166,8 @@ pub(super) fn pre_authentication_encoding(payload_type: &str, payload: &[u8]) ->
 }
 
 impl Statement {
-    /// Reads the in-toto statement of an envelope whose signature already verified.
+    /// Reads the in-toto statement of an envelope whose signature already verified. Only a
+    /// signature statement is accepted: an attestation is refused here, whatever it names.
     pub fn parse(payload_type: &str, payload: &[u8]) -> Result<Self, String> {
         if payload_type != IN_TOTO_PAYLOAD_TYPE {
             return Err(format!(
@@ -184,22 +188,21 @@ impl Statement {
                 document.kind
             ));
         }
+        if document.predicate_type != COSIGN_SIGN_PREDICATE_TYPE {
+            return Err(format!(
+                "the statement is an attestation (predicate type {:?}), not a signature ({COSIGN_SIGN_PREDICATE_TYPE:?})",
+                document.predicate_type
+            ));
+        }
         let subjects = document
             .subject
             .into_iter()
             .map(|s| Subject {
                 digest: s.digest.get("sha256").map(|hex| format!("sha256:{hex}")),
                 name: s.name,
+                annotations: s.annotations,
             })
             .collect();
-        let annotations = match document.predicate {
-            Some(serde_json::Value::Object(fields)) => fields.into_iter().collect(),
-            _ => BTreeMap::new(),
-        };
-        Ok(Self {
-            subjects,
-            predicate_type: document.predicate_type,
-            annotations,
-        })
+        Ok(Self { subjects })
     }
 }

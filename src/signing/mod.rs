@@ -57,7 +57,7 @@ impl Format {
 
 /// Why a signature does not make an image trusted. Each says which check failed, in one line,
 /// and never carries key material.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Refusal {
     #[error("the image has no signature")]
     Unsigned,
@@ -167,7 +167,7 @@ pub fn check_bundle(
     let claim = Claim {
         digest: digest.to_owned(),
         reference: subject.name.clone(),
-        annotations: statement.annotations.clone(),
+        annotations: subject.annotations.clone(),
     };
     if !claim.reference.is_empty() {
         names_the_image(&claim, digest, repository)?;

@@ -297,3 +297,46 @@ fn dsse_pre_authentication_encoding_binds_the_type_and_the_length() {
         b"DSSEv1 28 application/vnd.in-toto+json 2 {}".to_vec()
     );
 }
+
+/// An in-toto statement as cosign v3 writes it, with `predicate_type` and the subject's
+/// annotations given.
+fn statement(predicate_type: &str, annotations: &str) -> String {
+    format!(
+        r#"{{"_type":"https://in-toto.io/Statement/v1","subject":[{{"digest":{{"sha256":"{}"}},"annotations":{annotations}}}],"predicateType":"{predicate_type}","predicate":{{"commit":"from-the-predicate"}}}}"#,
+        V3_DIGEST.trim_start_matches("sha256:")
+    )
+}
+
+#[test]
+fn a_statement_carries_the_signers_annotations_on_its_subject() {
+    let parsed = bundle::Statement::parse(
+        "application/vnd.in-toto+json",
+        statement(bundle::COSIGN_SIGN_PREDICATE_TYPE, r#"{"commit":"abc123"}"#).as_bytes(),
+    )
+    .expect("a signature statement");
+    assert_eq!(parsed.subjects.len(), 1);
+    assert_eq!(parsed.subjects[0].digest.as_deref(), Some(V3_DIGEST));
+    // The subject's, not the predicate's: cosign v3 puts `-a key=value` there.
+    assert_eq!(parsed.subjects[0].annotations["commit"], "abc123");
+}
+
+#[test]
+fn an_attestation_signed_with_a_trusted_key_is_no_signature() {
+    for predicate_type in [
+        "https://slsa.dev/provenance/v1",
+        "https://spdx.dev/Document",
+        "https://cosign.sigstore.dev/attestation/v1",
+        "",
+    ] {
+        let refused = bundle::Statement::parse(
+            "application/vnd.in-toto+json",
+            statement(predicate_type, "{}").as_bytes(),
+        )
+        .expect_err(predicate_type);
+        assert!(
+            refused.contains("attestation") && refused.contains(predicate_type),
+            "{refused}"
+        );
+        assert!(!refused.contains('\n'));
+    }
+}
