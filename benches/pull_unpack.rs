@@ -22,6 +22,10 @@
 //! - `MPO_BENCH_DIR`: where images and unpacked trees go (default: the system temp dir);
 //!   needs about 4 × the largest size free.
 //!
+//! - `MPO_BENCH_POLICY`: `cosign-v2` or `cosign-v3` signs each image with that cosign (`MPO_COSIGN`,
+//!   `MPO_COSIGN_V3`: `bash hack/cosign.sh [v3.1.3]` prints the path), and the operator's path
+//!   verifies the signature first, as under a source's signature policy (default `none`).
+//!
 //! Needs `docker-registry`, `curl`, `tar`, `skopeo` and GNU `time` (hack/install-deps.sh).
 
 #[path = "../tests/support/layers.rs"]
@@ -46,6 +50,7 @@ use mpo_operator::{
     Digest,
     install::install,
     registry::{ModuleRef, Registry, RegistryConfig, RegistryCredentials, RepoName, Transport},
+    signing::{self, PublicKey},
     storage::{Installed, Limits, ModuleStore},
 };
 use sha2::{Digest as _, Sha256};
@@ -72,6 +77,10 @@ const PULL_ARG: &str = "__pull";
 /// 1 GiB of incompressible data gzips to a little more than 1 GiB, the default compressed-size
 /// limit (`--max-compressed-size`); the benchmark raises it rather than shrink the module.
 const MAX_COMPRESSED_BYTES: u64 = 2 << 30;
+/// The child verifies the image's signature with the public key at this path before the pull.
+const VERIFY_KEY_ENV: &str = "MPO_BENCH_VERIFY_KEY";
+/// The parent's signing key, passed to each child as [`VERIFY_KEY_ENV`].
+static VERIFY_KEY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 fn main() -> Result<()> {
     let args: Vec<String> = env::args().collect();
@@ -93,9 +102,10 @@ fn pull_child(args: &[String]) -> Result<()> {
     // The operator runs on `#[tokio::main]`: a multi-threaded runtime, one worker per core.
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     let started = Instant::now();
-    let installed = runtime.block_on(pull(host, module, digest, Path::new(store_dir)))?;
+    let (installed, verify_us) =
+        runtime.block_on(pull(host, module, digest, Path::new(store_dir)))?;
     println!(
-        "RESULT files={} bytes={} seconds={:.3} vmhwm_kib={}",
+        "RESULT files={} bytes={} seconds={:.3} vmhwm_kib={} verify_us={verify_us}",
         installed.files,
         installed.bytes,
         started.elapsed().as_secs_f64(),
@@ -104,7 +114,13 @@ fn pull_child(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-async fn pull(host: &str, module: &str, digest: &str, store_dir: &Path) -> Result<Installed> {
+/// The install's report and the microseconds the signature check took (0 without a policy).
+async fn pull(
+    host: &str,
+    module: &str,
+    digest: &str,
+    store_dir: &Path,
+) -> Result<(Installed, u64)> {
     let repo = RepoName::parse(&format!("{host}/{REPO_PATH}"))?;
     let registry = Registry::new(&RegistryConfig {
         repo: repo.clone(),
@@ -118,9 +134,28 @@ async fn pull(host: &str, module: &str, digest: &str, store_dir: &Path) -> Resul
     let image = ModuleRef::new(repo, module, TAG)?;
     let digest: Digest = digest.parse().context("parsing the manifest digest")?;
     let store = ModuleStore::new(store_dir, Limits::default());
+    let verify_us = match env::var_os(VERIFY_KEY_ENV) {
+        Some(key) => verify_signature(&registry, &image, &digest, Path::new(&key)).await?,
+        None => 0,
+    };
 
     let report = install(&registry, &store, &image, &digest, MAX_COMPRESSED_BYTES).await?;
-    Ok(report.installed)
+    Ok((report.installed, verify_us))
+}
+
+/// What the controller does under a signature policy before any layer (controller/verify.rs):
+/// the image's signatures read, one must verify with the key.
+async fn verify_signature(
+    registry: &Registry,
+    image: &ModuleRef,
+    digest: &Digest,
+    key: &Path,
+) -> Result<u64> {
+    let started = Instant::now();
+    let key = PublicKey::from_pem(&fs::read_to_string(key).context("reading the public key")?)?;
+    let signatures = registry.signatures(image, digest).await?;
+    signing::check_any(&[key], &signatures, &digest.to_string(), &image.name())?;
+    Ok(started.elapsed().as_micros() as u64)
 }
 
 /// Peak resident set of this process, as the kernel counts it.
@@ -148,15 +183,81 @@ fn run_benchmark() -> Result<()> {
         registry.host(),
         work.path().display()
     );
+    let signer = Signer::of_policy(work.path())?;
     let mut rows = Vec::new();
     for shape in shapes {
         let image = generate_and_push(&registry, work.path(), shape)?;
+        if let Some(signer) = &signer {
+            signer.sign(&format!(
+                "{}/{REPO_PATH}/{}@{}",
+                registry.host(),
+                image.module,
+                image.digest
+            ))?;
+        }
         rows.push(measure_size(&registry, work.path(), &image, runs)?);
         // The registry keeps its copy; ours is only needed for the push.
         fs::remove_file(&image.layer_file).ok();
     }
     print_table(&rows);
     Ok(())
+}
+
+/// cosign with a key pair of its own, when `MPO_BENCH_POLICY` asks for signed images.
+struct Signer {
+    cosign: PathBuf,
+    dir: PathBuf,
+    v3: bool,
+}
+
+impl Signer {
+    fn of_policy(work: &Path) -> Result<Option<Self>> {
+        let (variable, v3) = match env::var("MPO_BENCH_POLICY").as_deref() {
+            Err(_) | Ok("none") => return Ok(None),
+            Ok("cosign-v2") => ("MPO_COSIGN", false),
+            Ok("cosign-v3") => ("MPO_COSIGN_V3", true),
+            Ok(other) => bail!("MPO_BENCH_POLICY={other}: expected none, cosign-v2 or cosign-v3"),
+        };
+        let cosign = env::var_os(variable)
+            .map(PathBuf::from)
+            .with_context(|| format!("{variable}: `bash hack/cosign.sh` prints the path"))?;
+        let dir = work.join("cosign");
+        fs::create_dir_all(dir.join("docker"))?;
+        let signer = Self { cosign, dir, v3 };
+        signer.run(&["generate-key-pair", "--output-key-prefix", "bench"])?;
+        VERIFY_KEY
+            .set(signer.dir.join("bench.pub"))
+            .map_err(|_| anyhow!("one signer per run"))?;
+        Ok(Some(signer))
+    }
+
+    fn run(&self, args: &[&str]) -> Result<()> {
+        let out = Command::new(&self.cosign)
+            .args(args)
+            .current_dir(&self.dir)
+            .env("COSIGN_PASSWORD", "")
+            .env("DOCKER_CONFIG", self.dir.join("docker"))
+            .env("HOME", &self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .context("running cosign")?;
+        ensure!(
+            out.status.success(),
+            "cosign {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    fn sign(&self, reference: &str) -> Result<()> {
+        let mut args = vec!["sign", "--key", "bench.key", "--tlog-upload=false"];
+        if self.v3 {
+            args.push("--use-signing-config=false");
+        }
+        args.extend(["--allow-http-registry", "--yes", reference]);
+        self.run(&args)
+    }
 }
 
 fn shapes() -> Result<Vec<Shape>> {
@@ -746,12 +847,15 @@ fn run_operator(reg: &TestRegistry, image: &PushedImage, out: &Path) -> Result<S
     let exe = env::current_exe().context("finding this benchmark's binary")?;
     let rss_file = out.join("operator.rss");
     let started = Instant::now();
-    let output = timed(&rss_file, &exe)
+    let mut child = timed(&rss_file, &exe);
+    child
         .args([PULL_ARG, reg.host(), &image.module, &image.digest])
         .arg(out.join("tree"))
-        .env("RUST_LOG", "warn")
-        .output()
-        .context("running the pull child")?;
+        .env("RUST_LOG", "warn");
+    if let Some(key) = VERIFY_KEY.get() {
+        child.env(VERIFY_KEY_ENV, key);
+    }
+    let output = child.output().context("running the pull child")?;
     let seconds = started.elapsed().as_secs_f64();
     ensure!(
         output.status.success(),
@@ -767,8 +871,9 @@ fn run_operator(reg: &TestRegistry, image: &PushedImage, out: &Path) -> Result<S
     );
     let peak_rss_kib = read_rss(&rss_file)?;
     eprintln!(
-        "[bench] operator child: VmHWM {} KiB, GNU time {peak_rss_kib} KiB",
-        result_field(&stdout, "vmhwm_kib")?
+        "[bench] operator child: VmHWM {} KiB, GNU time {peak_rss_kib} KiB, signature check {:.1} ms",
+        result_field(&stdout, "vmhwm_kib")?,
+        result_field(&stdout, "verify_us")? as f64 / 1000.0
     );
     Ok(Sample {
         seconds,

@@ -17,7 +17,10 @@
 //!   when asked);
 //! - `MPO_BENCH_IDLE_SECONDS`: the idle window (default 60);
 //! - `MPO_BENCH_CONCURRENCY`: the operator's `--concurrency` (default 4, Flux's default too).
-//! - `MPO_OPERATOR_BIN`: another operator binary to measure (e.g. the last release, side by side).
+//! - `MPO_OPERATOR_BIN`: another operator binary to measure (e.g. the last release, side by side);
+//! - `MPO_BENCH_POLICY`: `cosign-v2` or `cosign-v3` signs every image with that cosign
+//!   (`MPO_COSIGN`, `MPO_COSIGN_V3`; hack/bench-scale.sh builds them) and gives the source a
+//!   signature policy with its key, so the cold start verifies every digest (default `none`).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -32,7 +35,7 @@ use kube::Api;
 use mpo_operator::crd::ModulePullOverride;
 use support::{
     Operator, TestId,
-    bulk::{create_mpos, env_list, push_images, wait_all_ready},
+    bulk::{CosignSigner, create_mpos, env_list, push_images, sign_images, wait_all_ready},
     images::push_module_names,
     registry::{RegistryKind, TestRegistry},
     scenario::REPO_PATH,
@@ -49,14 +52,52 @@ async fn main() -> Result<()> {
     let counts = env_list("MPO_BENCH_SCALE_N", "100,1000,3000")?;
     let idle = Duration::from_secs(env_list("MPO_BENCH_IDLE_SECONDS", "60")?[0] as u64);
     let concurrency = env_list("MPO_BENCH_CONCURRENCY", "4")?[0];
+    let signer = signer_of_policy()?;
     let mut reports = Vec::new();
     for n in counts {
-        let report = run(cluster, n, idle, concurrency).await?;
+        let report = run(cluster, n, idle, concurrency, signer.as_ref()).await?;
         print!("{}", report.text);
         reports.push(report);
     }
     print!("{}", growth(&reports));
     Ok(())
+}
+
+/// The signer `MPO_BENCH_POLICY` asks for, if any.
+fn signer_of_policy() -> Result<Option<CosignSigner>> {
+    let cosign = |variable: &str| {
+        std::env::var_os(variable)
+            .map(std::path::PathBuf::from)
+            .with_context(|| format!("{variable} is not set: run `bash hack/bench-scale.sh`"))
+    };
+    match std::env::var("MPO_BENCH_POLICY").as_deref() {
+        Err(_) | Ok("none") => Ok(None),
+        Ok("cosign-v2") => Ok(Some(CosignSigner::new(cosign("MPO_COSIGN")?, false)?)),
+        Ok("cosign-v3") => Ok(Some(CosignSigner::new(cosign("MPO_COSIGN_V3")?, true)?)),
+        Ok(other) => bail!("MPO_BENCH_POLICY={other}: expected none, cosign-v2 or cosign-v3"),
+    }
+}
+
+/// The ModuleSource of the run, with a signature policy of the signer's key when there is one.
+fn source_document(
+    id: &TestId,
+    registry: &TestRegistry,
+    signer: Option<&CosignSigner>,
+) -> Result<String> {
+    let mut spec = serde_json::json!({
+        "registry": {"repo": format!("{}/{REPO_PATH}", registry.host()), "scheme": "HTTP"},
+    });
+    if let Some(signer) = signer {
+        spec["verify"] =
+            serde_json::json!({"provider": "cosign", "publicKeys": [signer.public_key()?]});
+    }
+    Ok(serde_json::json!({
+        "apiVersion": "deckhouse.io/v1alpha1",
+        "kind": "ModuleSource",
+        "metadata": {"name": id.0, "labels": {"mpo-test": id.0}},
+        "spec": spec,
+    })
+    .to_string())
 }
 
 /// The figures of one size that the growth table compares.
@@ -100,6 +141,7 @@ async fn run(
     n: usize,
     idle: Duration,
     concurrency: usize,
+    signer: Option<&CosignSigner>,
 ) -> Result<Report> {
     let id = TestId::new(&format!("scale{n}"));
     eprintln!("[scale] N={n}: starting a registry and pushing {n} module images");
@@ -108,14 +150,19 @@ async fn run(
     push_images(&registry, &modules).await?;
     let names: Vec<&str> = modules.iter().map(String::as_str).collect();
     push_module_names(&registry, REPO_PATH, &names).await?;
+    if let Some(signer) = signer {
+        eprintln!("[scale] N={n}: signing {n} images with cosign");
+        let signing = Instant::now();
+        sign_images(&registry, &modules, signer).await?;
+        eprintln!(
+            "[scale] N={n}: signed in {:.0} s",
+            signing.elapsed().as_secs_f64()
+        );
+    }
 
     eprintln!("[scale] N={n}: creating the ModuleSource and {n} ModulePullOverrides");
     let source = id.0.clone();
-    cluster.apply_ok(&format!(
-        "apiVersion: deckhouse.io/v1alpha1\nkind: ModuleSource\nmetadata:\n  name: {source}\n  labels: {{mpo-test: {}}}\nspec:\n  registry:\n    repo: {}/{REPO_PATH}\n    scheme: HTTP\n",
-        id.0,
-        registry.host()
-    ));
+    cluster.apply_ok(&source_document(&id, &registry, signer)?);
     let client = cluster.client().await;
     let api = Api::<ModulePullOverride>::all(client.clone());
     create_mpos(
@@ -143,6 +190,8 @@ async fn run(
     wait_all_ready(&api, &id, n, started).await?;
     let cold_seconds = started.elapsed().as_secs_f64();
     let cold_cpu = cpu_seconds(pid)?;
+    let cold_registry_requests = registry_requests(&operator)?;
+    let verifications = verification_counts(&operator)?;
     let api_cold = diff(&apiserver_requests(cluster)?, &api_before);
     let latency_cold = latency_diff(&apiserver_latency(cluster)?, &latency_before);
     let control_plane_cold: Vec<(String, f64)> = control_plane_cpu(&control_plane)?
@@ -190,15 +239,19 @@ async fn run(
     cleanup(cluster, &id, &source);
 
     let per_minute = 60.0 / idle.as_secs_f64();
+    let policy = std::env::var("MPO_BENCH_POLICY").unwrap_or_else(|_| "none".into());
     let mut out = format!(
-        "\nN={n} (concurrency {concurrency}, scanInterval {INTERVAL_SECONDS}s)\n\
+        "\nN={n} (concurrency {concurrency}, scanInterval {INTERVAL_SECONDS}s, signature policy {policy})\n\
          seconds until every object is ready   {cold_seconds:.1}\n\
          CPU seconds for that                  {cold_cpu:.2}\n\
+         registry requests per MPO, cold start {:.2}\n\
+         signature verifications (result: count) {verifications}\n\
          idle CPU seconds per minute           {:.2}\n\
          peak RSS MiB                          {rss_mib:.1}\n\
          registry requests per MPO per interval {:.2}\n\
          ModuleSource bytes (with managedFields) {source_bytes}\n\
          overridden flags / field managers      {flagged} / {managers}\n",
+        cold_registry_requests as f64 / n as f64,
         idle_cpu * per_minute,
         heads as f64 * INTERVAL_SECONDS as f64 / idle.as_secs_f64() / n as f64,
     );
@@ -380,6 +433,21 @@ fn registry_requests(operator: &Operator) -> Result<u64> {
         .filter(|l| l.starts_with("mpo_registry_requests_total{"))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum::<f64>() as u64)
+}
+
+/// `mpo_verifications_total` by result, as `Verified: 100`; `-` when nothing was verified.
+fn verification_counts(operator: &Operator) -> Result<String> {
+    let (_, body) = operator.http_get("/metrics").context("metrics")?;
+    let counts: Vec<String> = body
+        .lines()
+        .filter(|l| l.starts_with("mpo_verifications_total{"))
+        .filter_map(|l| Some(format!("{}: {}", label(l, "result")?, sample_value(l))))
+        .collect();
+    Ok(if counts.is_empty() {
+        "-".into()
+    } else {
+        counts.join(", ")
+    })
 }
 
 /// `apiserver_request_total` for our two resources, keyed by "VERB resource[/subresource]".

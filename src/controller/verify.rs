@@ -123,15 +123,7 @@ pub(super) async fn check_signature(
         });
     }
     let keys = trusted_keys(source)?;
-    let signatures =
-        registry
-            .signatures(image, digest)
-            .await
-            .map_err(|cause| PassError::Signatures {
-                image: image.at_digest(digest),
-                cause,
-            })?;
-    match signing::check_any(&keys, &signatures, &digest.to_string(), &image.name()) {
+    match read_and_check(registry, &keys, image, digest).await? {
         Ok(verified) => {
             ctx.metrics.verification("Verified");
             let message = verified_message_of(&verified);
@@ -151,6 +143,41 @@ pub(super) async fn check_signature(
             })
         }
     }
+}
+
+/// Checks the classic signatures first and reads the bundles only when none of those verifies:
+/// an image signed by cosign v2 costs two requests (the `.sig` manifest and its payload), not
+/// four. A refusal weighs every signature of both formats, so it says the most it can.
+async fn read_and_check(
+    registry: &Registry,
+    keys: &[PublicKey],
+    image: &ModuleRef,
+    digest: &Digest,
+) -> Result<Result<signing::Verified, Refusal>, PassError> {
+    let unreadable = |cause| PassError::Signatures {
+        image: image.at_digest(digest),
+        cause,
+    };
+    let (digest_text, repository) = (digest.to_string(), image.name());
+    let mut signatures = registry
+        .classic_signatures(image, digest)
+        .await
+        .map_err(unreadable)?;
+    if let Ok(verified) = signing::check_any(keys, &signatures, &digest_text, &repository) {
+        return Ok(Ok(verified));
+    }
+    signatures.extend(
+        registry
+            .bundle_signatures(image, digest)
+            .await
+            .map_err(unreadable)?,
+    );
+    Ok(signing::check_any(
+        keys,
+        &signatures,
+        &digest_text,
+        &repository,
+    ))
 }
 
 /// The `Verified` condition's message: the key, the format, and that a transparency-log entry

@@ -79,7 +79,18 @@ impl Registry {
         image: &ModuleRef,
         digest: &Digest,
     ) -> Result<Vec<Signature>, RegistryError> {
-        let mut signatures: Vec<Signature> = self
+        let mut signatures = self.classic_signatures(image, digest).await?;
+        signatures.extend(self.bundle_signatures(image, digest).await?);
+        Ok(signatures)
+    }
+
+    /// The classic signatures alone: one request when there are none (the `.sig` tag's 404).
+    pub async fn classic_signatures(
+        &self,
+        image: &ModuleRef,
+        digest: &Digest,
+    ) -> Result<Vec<Signature>, RegistryError> {
+        Ok(self
             .cosign_signatures(image, digest)
             .await?
             .into_iter()
@@ -88,14 +99,21 @@ impl Registry {
                 signature: s.signature,
                 has_tlog_entry: s.has_tlog_entry,
             })
-            .collect();
-        signatures.extend(
-            self.sigstore_bundles(image, digest)
-                .await?
-                .into_iter()
-                .map(Signature::Bundle),
-        );
-        Ok(signatures)
+            .collect())
+    }
+
+    /// The Sigstore bundles alone, as [`Signature`]s.
+    pub async fn bundle_signatures(
+        &self,
+        image: &ModuleRef,
+        digest: &Digest,
+    ) -> Result<Vec<Signature>, RegistryError> {
+        Ok(self
+            .sigstore_bundles(image, digest)
+            .await?
+            .into_iter()
+            .map(Signature::Bundle)
+            .collect())
     }
 
     /// The Sigstore bundles among the referrers of `digest`: each referrer whose artifact type

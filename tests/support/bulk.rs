@@ -28,6 +28,89 @@ pub async fn push_images(registry: &TestRegistry, modules: &[String]) -> Result<
     Ok(())
 }
 
+/// A cosign key pair made with the real cosign (empty password), for signing many images.
+pub struct CosignSigner {
+    cosign: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    /// cosign v3 writes a Sigstore bundle referrer; v2 the classic `.sig` tag.
+    v3: bool,
+}
+
+impl CosignSigner {
+    pub fn new(cosign: std::path::PathBuf, v3: bool) -> Result<Self> {
+        let signer = Self {
+            cosign,
+            dir: tempfile::tempdir()?,
+            v3,
+        };
+        std::fs::create_dir_all(signer.dir.path().join("docker"))?;
+        signer.run(&["generate-key-pair", "--output-key-prefix", "bench"])?;
+        Ok(signer)
+    }
+
+    /// The public key, PEM, for a source's `spec.verify.publicKeys`.
+    pub fn public_key(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.dir.path().join("bench.pub"))?)
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.cosign);
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("COSIGN_PASSWORD", "")
+            .env("DOCKER_CONFIG", self.dir.path().join("docker"))
+            .env("HOME", self.dir.path())
+            .stdin(std::process::Stdio::null());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Result<()> {
+        let out = self.command(args).as_std_mut().output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "cosign {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Signs `reference` offline (no transparency log), as the signature tests do.
+    pub async fn sign(&self, reference: &str) -> Result<()> {
+        let mut args = vec!["sign", "--key", "bench.key", "--tlog-upload=false"];
+        if self.v3 {
+            args.push("--use-signing-config=false");
+        }
+        args.extend(["--allow-http-registry", "--yes", reference]);
+        let out = self.command(&args).output().await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "cosign sign {reference}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+/// Signs every module's `dev` tag, two cosign processes at a time (one per core).
+pub async fn sign_images(
+    registry: &TestRegistry,
+    modules: &[String],
+    signer: &CosignSigner,
+) -> Result<()> {
+    futures::stream::iter(modules)
+        .map(|module| async move {
+            signer
+                .sign(&format!("{}/{REPO_PATH}/{module}:dev", registry.host()))
+                .await
+        })
+        .buffer_unordered(2)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
 /// Creates the MPOs (tag `dev`, every `interval`) through the API, sixteen requests at a time
 /// (kubectl would take minutes).
 pub async fn create_mpos(
