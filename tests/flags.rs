@@ -432,3 +432,124 @@ async fn a_source_whose_flags_are_refused_holds_back_no_other_source() {
         "the policy held: no flag on the denied source"
     );
 }
+
+/// Applies `count` module names of 128 characters (`keep` first) to the source's status as the
+/// scan does, under its field manager; `Ok(false)` when the apiserver refuses them for size.
+async fn apply_names(
+    api: &kube::Api<mpo_operator::crd::ModuleSource>,
+    source: &str,
+    keep: &[String],
+    count: usize,
+) -> bool {
+    let names = keep
+        .iter()
+        .cloned()
+        .chain((0..).map(|i| format!("n{i:05}{}", "x".repeat(122))))
+        .take(count);
+    let body = serde_json::json!({
+        "apiVersion": "deckhouse.io/v1alpha1",
+        "kind": "ModuleSource",
+        "status": {
+            "modules": names.map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>(),
+            "modulesCount": count,
+            "phase": "Active",
+            "message": "",
+        }
+    });
+    let params = kube::api::PatchParams::apply("mpo-operator-scan").force();
+    match api
+        .patch_status(source, &params, &kube::api::Patch::Apply(body))
+        .await
+    {
+        Ok(_) => true,
+        // 413, etcd's "request is too large", or past 2 MiB the apiserver's etcd client.
+        Err(kube::Error::Api(status))
+            if status.code == 413
+                || status.message.contains("request is too large")
+                || status.message.contains("message larger than max") =>
+        {
+            false
+        }
+        Err(e) => panic!("applying {count} names: {e}"),
+    }
+}
+
+/// Issue 22: a source whose names fit but whose flags do not. The source is filled with names to
+/// the last one etcd accepts (bisected here, written as the scan writes them; the operator's own
+/// scan is off), and five overrides are applied on it. Their flags no longer fit: the refusal is
+/// said once in the log and in `status.message`, the names are left out as when the list alone
+/// does not fit (so the source admits every module), the flags are then written, and every
+/// override is applied without a message of its own.
+#[tokio::test]
+async fn a_source_whose_flags_do_not_fit_says_so_and_makes_room_for_them() {
+    let cluster = require_cluster!();
+    let mut s = Scenario::start(
+        cluster,
+        "flags-too-large",
+        RegistryKind::Plain,
+        &[],
+        &["--scan-module-sources=false"],
+    )
+    .await;
+    let api = kube::Api::<mpo_operator::crd::ModuleSource>::all(cluster.client().await);
+    let modules: Vec<String> = (0..5)
+        .map(|i| format!("{}-{i}{}", s.id.0, "m".repeat(100)))
+        .collect();
+    // The largest count that fits: 4000 names of 128 characters do, 6000 do not.
+    let (mut fits, mut refused) = (4000, 6000);
+    assert!(apply_names(&api, &s.source, &modules, fits).await);
+    assert!(!apply_names(&api, &s.source, &modules, refused).await);
+    while refused - fits > 1 {
+        let middle = (fits + refused) / 2;
+        if apply_names(&api, &s.source, &modules, middle).await {
+            fits = middle;
+        } else {
+            refused = middle;
+        }
+    }
+    eprintln!("the source holds {fits} names of 128 characters, not {refused}");
+    assert!(apply_names(&api, &s.source, &modules, fits).await);
+
+    for module in &modules {
+        let digest = s
+            .push(
+                module,
+                "dev",
+                &support::images::ModuleImage::module(module, 900, "1"),
+            )
+            .await;
+        s.apply_mpo(module, "dev", "1h");
+        s.wait_for_digest(module, &digest, WAIT).await;
+    }
+    let said = "cannot write the overridden flags: the ModuleSource would be larger than the \
+                apiserver accepts";
+    let source = wait_for("every flag written, the names left out", WAIT, || async {
+        let source = s.source_object();
+        let flagged_all = modules.iter().all(|m| flagged(&source, m));
+        let says = source["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(said));
+        (flagged_all && says).then_some(source)
+    })
+    .await;
+    let status = &source["status"];
+    assert!(
+        status["modulesCount"].is_null(),
+        "no count: the source is not scanned, so every module is admitted: {}",
+        status["modulesCount"]
+    );
+    assert_eq!(
+        status["modules"].as_array().map(Vec::len),
+        Some(modules.len()),
+        "only the flagged entries are left"
+    );
+    for module in &modules {
+        assert_eq!(s.status_str(module, "message").as_deref(), Some(""));
+    }
+    let log = s.operator.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains(said) && l.contains("WARN"))
+        .count();
+    assert_eq!(warnings, 1, "said once in the log:\n{log}");
+}

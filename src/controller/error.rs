@@ -170,13 +170,16 @@ impl ControllerError {
 }
 
 /// Whether the apiserver refused a write because the object would be too large: its own body
-/// limit (413), or etcd's request limit, which apiservers answer with 413 or, in older versions,
-/// with a 500 carrying etcd's "request is too large".
+/// limit (413); etcd's request limit (1.5 MiB), answered with 413 or a 500 carrying etcd's
+/// "request is too large"; or, past 2 MiB, the apiserver's own etcd client refusing to send it
+/// (a 500 carrying gRPC's "trying to send message larger than max", met on kube-apiserver 1.36).
 pub fn is_too_large(err: &kube::Error) -> bool {
     match err {
         kube::Error::Api(status) => {
             status.code == 413
-                || (status.code == 500 && status.message.contains("request is too large"))
+                || (status.code == 500
+                    && (status.message.contains("request is too large")
+                        || status.message.contains("message larger than max")))
         }
         _ => false,
     }
@@ -203,6 +206,10 @@ mod tests {
         assert!(is_too_large(&api_error(
             500,
             "etcdserver: request is too large"
+        )));
+        assert!(is_too_large(&api_error(
+            500,
+            "rpc error: code = ResourceExhausted desc = trying to send message larger than max (2473591 vs. 2097152)"
         )));
         assert!(!is_too_large(&api_error(500, "etcdserver: leader changed")));
         assert!(!is_too_large(&api_error(409, "conflict")));

@@ -47,6 +47,10 @@ pub const PACE_FACTOR: u32 = 4;
 pub const MAX_PACE: Duration = Duration::from_secs(5);
 /// How often every source is recomputed from scratch (no write unless something differs).
 const RESYNC: Duration = Duration::from_secs(300);
+/// What the source's `status.message` and the log say when its flags are refused for size.
+pub const FLAGS_TOO_LARGE_MESSAGE: &str = "cannot write the overridden flags: the ModuleSource \
+     would be larger than the apiserver accepts (its status holds too many modules); the module \
+     names are left out of its status so that the flags fit, and every override on it goes on";
 
 /// Which sources need their flags recomputed, and what was last written to each.
 pub struct Flags {
@@ -117,6 +121,8 @@ struct Pace {
     failures: u32,
     /// The last failure reported, so a failure that repeats is logged once.
     reported: Option<String>,
+    /// The last failure was a refusal for size, which `status.message` says.
+    too_large: bool,
 }
 
 impl State {
@@ -171,6 +177,7 @@ impl State {
 
     fn wrote(&mut self, source: &str, mark: u64, took: Duration, now: Instant) {
         let pace = self.pace.entry(source.to_owned()).or_default();
+        pace.too_large = false;
         pace.synced = pace.synced.max(mark);
         pace.failures = 0;
         pace.backing_off = false;
@@ -179,8 +186,15 @@ impl State {
     }
 
     /// Backs the source off alone; returns how long, and whether `error` is new for it.
-    fn failed(&mut self, source: &str, now: Instant, error: &str) -> (Duration, bool) {
+    fn failed(
+        &mut self,
+        source: &str,
+        now: Instant,
+        error: &str,
+        too_large: bool,
+    ) -> (Duration, bool) {
         let pace = self.pace.entry(source.to_owned()).or_default();
+        pace.too_large = too_large;
         let wait = api_backoff(pace.failures, source);
         pace.failures = pace.failures.saturating_add(1);
         pace.backing_off = true;
@@ -300,6 +314,16 @@ impl Flags {
         for source in sources.state() {
             state.mark(&source.name_any(), false);
         }
+    }
+
+    /// What the source's `status.message` says while its flags are refused for size: the scan
+    /// writes it too, so that its own apply does not erase it.
+    pub fn size_refusal(&self, source: &str) -> Option<&'static str> {
+        self.lock()
+            .pace
+            .get(source)
+            .is_some_and(|p| p.too_large)
+            .then_some(FLAGS_TOO_LARGE_MESSAGE)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -424,11 +448,22 @@ pub async fn run_writer(
                 Ok(()) => flags.lock().wrote(&name, mark, now - started, now),
                 Err(e) => {
                     let error = failure_message(&e);
-                    let (wait, new) = flags.lock().failed(&name, now, &error);
+                    let too_large = is_too_large(&e);
+                    let (wait, new) = flags.lock().failed(&name, now, &error, too_large);
                     if new {
                         warn!(source = %name, retry_in = ?wait, "{error}");
                     } else {
                         debug!(source = %name, retry_in = ?wait, "{error}");
+                    }
+                    if new && too_large {
+                        // Make room as the scan does when its list alone does not fit: the names
+                        // go (the source then admits every module), the message says why, and
+                        // the retry's flags fit. Raced like the flush: nothing after the fence.
+                        tokio::select! {
+                            () = make_room(&api, &name) => {}
+                            () = stop.cancelled() => return,
+                            () = fence.cancelled() => return,
+                        }
                     }
                 }
             }
@@ -437,11 +472,18 @@ pub async fn run_writer(
     }
 }
 
+/// Leaves the module names out of a source whose flags do not fit, saying so in its message
+/// (the scan's own answer to a list that does not fit, [`super::scan::leave_names_out`]). A
+/// failure here is logged; the flags' own retry goes on.
+async fn make_room(api: &Api<ModuleSource>, source: &str) {
+    if let Err(e) = super::scan::leave_names_out(api, source, FLAGS_TOO_LARGE_MESSAGE).await {
+        warn!(source = %source, "cannot leave the module names out of the source's status: {e}");
+    }
+}
+
 fn failure_message(err: &kube::Error) -> String {
     if is_too_large(err) {
-        "cannot write the overridden flags: the ModuleSource would be larger than the apiserver \
-         accepts (its status holds too many modules); the overrides themselves go on"
-            .to_owned()
+        FLAGS_TOO_LARGE_MESSAGE.to_owned()
     } else {
         format!("cannot write the overridden flags: {err}")
     }
@@ -740,13 +782,13 @@ mod tests {
         );
         assert!(!state.is_synced(&ticket));
         // The write failed: the source backs off, even for an urgent change.
-        let (wait, new) = state.failed("s", t0, "boom");
+        let (wait, new) = state.failed("s", t0, "boom", false);
         assert!(new, "a first failure is reported");
         state.mark("s", true);
         assert!(state.take_due(t0).is_empty());
         let retry = t0 + wait;
         assert_eq!(state.take_due(retry).len(), 1, "due after the backoff");
-        let (again, new) = state.failed("s", retry, "boom");
+        let (again, new) = state.failed("s", retry, "boom", false);
         assert!(!new, "the same failure again is not reported");
         assert!(again > wait, "the backoff grows");
         let (name, mark) = state.take_due(retry + again).pop().expect("due again");
@@ -761,12 +803,36 @@ mod tests {
         state.mark("bad", true);
         state.mark("good", true);
         assert_eq!(state.take_due(t0).len(), 2);
-        state.failed("bad", t0, "refused");
+        state.failed("bad", t0, "refused", false);
         state.wrote("good", 1, Duration::ZERO, t0);
         let ticket = state.mark("good", true);
         assert_eq!(state.take_due(t0), vec![("good".to_owned(), 2)]);
         state.wrote("good", 2, Duration::ZERO, t0);
         assert!(state.is_synced(&ticket));
+    }
+
+    #[test]
+    fn a_refusal_for_size_is_said_until_a_write_ends_it() {
+        let flags = Flags::default();
+        let t0 = Instant::now();
+        assert_eq!(flags.size_refusal("big"), None);
+        let (_, new) = flags
+            .lock()
+            .failed("big", t0, FLAGS_TOO_LARGE_MESSAGE, true);
+        assert!(new);
+        assert_eq!(flags.size_refusal("big"), Some(FLAGS_TOO_LARGE_MESSAGE));
+        assert_eq!(flags.size_refusal("other"), None, "per source");
+        // Another failure (the apiserver away) is no longer a refusal for size.
+        flags
+            .lock()
+            .failed("big", t0, "cannot write: timeout", false);
+        assert_eq!(flags.size_refusal("big"), None);
+        flags
+            .lock()
+            .failed("big", t0, FLAGS_TOO_LARGE_MESSAGE, true);
+        flags.lock().wrote("big", 1, Duration::ZERO, t0);
+        assert_eq!(flags.size_refusal("big"), None, "a write that fits ends it");
+        assert!(!FLAGS_TOO_LARGE_MESSAGE.contains('\n'));
     }
 
     #[tokio::test]

@@ -45,7 +45,10 @@ pub async fn scan_source(
         return Ok(Action::await_change());
     }
     let api = Api::<ModuleSource>::all(ctx.client.clone());
-    let listed = match write_scan(&api, &source, listed).await? {
+    // While the flags are refused for size the message says so; the scan's forced apply of its
+    // own message would erase that otherwise.
+    let flags_refusal = ctx.flags.size_refusal(&name);
+    let listed = match write_scan(&api, &source, listed, flags_refusal).await? {
         Written::Listed(listed) => listed,
         Written::TooLarge { count, bytes } => {
             let message = too_large_message(count, bytes);
@@ -55,7 +58,7 @@ pub async fn scan_source(
             } else {
                 warn!(source = %name, "{message}");
             }
-            apply_scan(&api, &name, unlisted_status(&message)).await?;
+            leave_names_out(&api, &name, &message).await?;
             Err(message)
         }
     };
@@ -104,8 +107,11 @@ async fn write_scan(
     api: &Api<ModuleSource>,
     source: &ModuleSource,
     listed: Result<Vec<String>, String>,
+    flags_refusal: Option<&str>,
 ) -> Result<Written, kube::Error> {
-    let body = scan_status(source, &listed);
+    // A refusal of the flags for size is what the message says while the listing is fine: the
+    // scan's forced apply would erase it otherwise.
+    let body = scan_status(source, &listed, flags_refusal);
     match apply_scan(api, &source.name_any(), body.clone()).await {
         Ok(()) => {
             if let Err(message) = &listed {
@@ -141,6 +147,17 @@ pub fn too_large_message(count: usize, bytes: usize) -> String {
     )
 }
 
+/// Leaves the names out of the source's status, with `message` saying why: what the scan does
+/// when its list does not fit, and the flags writer when the flags no longer do. It only takes
+/// away, so it fits where the refused write did not.
+pub(super) async fn leave_names_out(
+    api: &Api<ModuleSource>,
+    name: &str,
+    message: &str,
+) -> Result<(), kube::Error> {
+    apply_scan(api, name, unlisted_status(message)).await
+}
+
 /// The scan's status when its list does not fit: no names and no count, so that the source
 /// counts as not scanned and every MPO on it goes on (SPEC §3.2), with the reason in `message`.
 fn unlisted_status(message: &str) -> Value {
@@ -154,10 +171,17 @@ fn unlisted_status(message: &str) -> Value {
 
 /// The status the scan owns. A failed scan re-applies the names it had, because an apply that
 /// leaves them out would give them up and empty the list on every registry hiccup.
-fn scan_status(source: &ModuleSource, listed: &Result<Vec<String>, String>) -> Value {
+fn scan_status(
+    source: &ModuleSource,
+    listed: &Result<Vec<String>, String>,
+    flags_refusal: Option<&str>,
+) -> Value {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let (modules, message) = match listed {
-        Ok(modules) => (modules.clone(), String::new()),
+        Ok(modules) => (
+            modules.clone(),
+            flags_refusal.unwrap_or_default().to_owned(),
+        ),
         Err(message) => (known_modules(source), message.clone()),
     };
     json!({
@@ -185,4 +209,42 @@ pub fn scan_error_policy(
 ) -> Action {
     warn!(source = %source.name_any(), "scan failed: {err}");
     Action::requeue(std::time::Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> ModuleSource {
+        serde_json::from_value(json!({
+            "apiVersion": "deckhouse.io/v1alpha1",
+            "kind": "ModuleSource",
+            "metadata": {"name": "s"},
+            "spec": {"registry": {"repo": "registry.example/modules"}},
+            "status": {"modules": [{"name": "kept"}], "modulesCount": 1},
+        }))
+        .expect("a source")
+    }
+
+    #[test]
+    fn the_scan_keeps_saying_that_the_flags_do_not_fit_and_its_own_failure_first() {
+        let listed = Ok(vec!["a".to_owned()]);
+        let refusal = crate::controller::flags::FLAGS_TOO_LARGE_MESSAGE;
+        assert_eq!(
+            scan_status(&source(), &listed, None)["status"]["message"],
+            ""
+        );
+        assert_eq!(
+            scan_status(&source(), &listed, Some(refusal))["status"]["message"],
+            refusal
+        );
+        // A failed listing says so (and keeps the names it had): it is what to fix first.
+        let failed = Err("cannot list modules of r: timeout".to_owned());
+        let status = scan_status(&source(), &failed, Some(refusal));
+        assert_eq!(
+            status["status"]["message"],
+            "cannot list modules of r: timeout"
+        );
+        assert_eq!(status["status"]["modules"], json!([{"name": "kept"}]));
+    }
 }
