@@ -153,8 +153,15 @@ async fn verify_signature(
 ) -> Result<u64> {
     let started = Instant::now();
     let key = PublicKey::from_pem(&fs::read_to_string(key).context("reading the public key")?)?;
-    let signatures = registry.signatures(image, digest).await?;
-    signing::check_any(&[key], &signatures, &digest.to_string(), &image.name())?;
+    // As controller/verify.rs does: the classic signatures first, the bundles only when none of
+    // those verifies.
+    let keys = [key];
+    let (digest_text, repository) = (digest.to_string(), image.name());
+    let mut signatures = registry.classic_signatures(image, digest).await?;
+    if signing::check_any(&keys, &signatures, &digest_text, &repository).is_err() {
+        signatures.extend(registry.bundle_signatures(image, digest).await?);
+        signing::check_any(&keys, &signatures, &digest_text, &repository)?;
+    }
     Ok(started.elapsed().as_micros() as u64)
 }
 

@@ -18,10 +18,15 @@
 //! - `MPO_BENCH_IDLE_SECONDS`: the idle window (default 60);
 //! - `MPO_BENCH_CONCURRENCY`: the operator's `--concurrency` (default 4, Flux's default too).
 //! - `MPO_OPERATOR_BIN`: another operator binary to measure (e.g. the last release, side by side);
+//! - `MPO_FLUX_BIN`, `MPO_FLUX_CRDS`: Flux source-controller and its CRDs (`bash hack/flux.sh`
+//!   builds v1.8.5 and prints both); after each size, the same images as N OCIRepositories and
+//!   Flux's cold start beside ours, on the same apiserver and registry;
 //! - `MPO_BENCH_POLICY`: `cosign-v2` or `cosign-v3` signs every image with that cosign
 //!   (`MPO_COSIGN`, `MPO_COSIGN_V3`; hack/bench-scale.sh builds them) and gives the source a
 //!   signature policy with its key, so the cold start verifies every digest (default `none`).
 
+#[path = "scale/flux.rs"]
+mod flux;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -106,6 +111,7 @@ struct Report {
     cold_seconds: f64,
     cold_cpu: f64,
     control_plane_cpu: f64,
+    flux: Option<flux::FluxRun>,
     text: String,
 }
 
@@ -115,7 +121,44 @@ fn exponent(n1: usize, y1: f64, n2: usize, y2: f64) -> f64 {
 }
 
 fn growth(reports: &[Report]) -> String {
-    let mut out = String::from(
+    let mut out = String::new();
+    if reports.iter().any(|r| r.flux.is_some()) {
+        out.push_str(
+            "\nside by side with Flux source-controller (same apiserver, registry and images)\n\
+             N      ours s  Flux s  ratio  ours CPU  Flux CPU  ratio  control plane ours/Flux CPU s  Flux RSS MiB\n",
+        );
+        for r in reports {
+            let Some(f) = &r.flux else { continue };
+            out.push_str(&format!(
+                "{:<6} {:>6.1}  {:>6.1}  {:>5.2}  {:>8.2}  {:>8.2}  {:>5.2}  {:>14.1} / {:<14.1}  {:>6.1}\n",
+                r.n,
+                r.cold_seconds,
+                f.cold_seconds,
+                r.cold_seconds / f.cold_seconds,
+                r.cold_cpu,
+                f.cold_cpu,
+                r.cold_cpu / f.cold_cpu,
+                r.control_plane_cpu,
+                f.control_plane_cpu,
+                f.peak_rss_mib,
+            ));
+        }
+        for pair in reports.windows(2) {
+            let (Some(a), Some(b)) = (&pair[0].flux, &pair[1].flux) else {
+                continue;
+            };
+            out.push_str(&format!(
+                "Flux {} → {}: time {:.2}× (k {:.2}), CPU {:.2}× (k {:.2})\n",
+                pair[0].n,
+                pair[1].n,
+                b.cold_seconds / a.cold_seconds,
+                exponent(pair[0].n, a.cold_seconds, pair[1].n, b.cold_seconds),
+                b.cold_cpu / a.cold_cpu,
+                exponent(pair[0].n, a.cold_cpu, pair[1].n, b.cold_cpu),
+            ));
+        }
+    }
+    out.push_str(
         "\ngrowth between sizes (k in time ∝ N^k; 1 is linear)\n\
          sizes          time ratio  k(time)  CPU ratio  k(CPU)  apiserver+etcd CPU ratio  k\n",
     );
@@ -237,6 +280,33 @@ async fn run(
     );
     operator.stop();
     cleanup(cluster, &id, &source);
+    let flux = match flux::Flux::from_env() {
+        Some(peer) => {
+            eprintln!(
+                "[scale] N={n}: the same images as {n} OCIRepositories, Flux started after them"
+            );
+            let workload = flux::Workload {
+                registry_host: registry.host(),
+                repo_path: REPO_PATH,
+                modules: &modules,
+                interval: &format!("{INTERVAL_SECONDS}s"),
+                concurrency,
+            };
+            let run = flux::cold_start(cluster, &peer, &workload, || {
+                Ok(control_plane_cpu(&control_plane)?
+                    .iter()
+                    .map(|(_, s)| s)
+                    .sum())
+            })
+            .await?;
+            eprintln!(
+                "[scale] N={n}: Flux ready in {:.1} s ({:.2} CPU s)",
+                run.cold_seconds, run.cold_cpu
+            );
+            Some(run)
+        }
+        None => None,
+    };
 
     let per_minute = 60.0 / idle.as_secs_f64();
     let policy = std::env::var("MPO_BENCH_POLICY").unwrap_or_else(|_| "none".into());
@@ -286,6 +356,7 @@ async fn run(
         cold_seconds,
         cold_cpu,
         control_plane_cpu: control_plane_cold.iter().map(|(_, s)| s).sum(),
+        flux,
         text: out,
     })
 }

@@ -5,6 +5,8 @@
 #   MPO_BENCH_SCALE_N=100,1000,3000 MPO_BENCH_IDLE_SECONDS=60 bash hack/bench-scale.sh
 # The same for another benchmark on a control plane, e.g. benches/push.rs:
 #   MPO_BENCH_PUSH_IDLE=0,1000 MPO_BENCH_PUSHES=50,10 bash hack/bench-scale.sh push
+# Beside Flux source-controller v1.8.5 (built by hack/flux.sh), the same images and apiserver:
+#   MPO_BENCH_FLUX=1 MPO_BENCH_SCALE_N=1000,3000 bash hack/bench-scale.sh
 # With every image signed and a signature policy on the source (cosign built and cached):
 #   MPO_BENCH_POLICY=cosign-v2 MPO_BENCH_SCALE_N=100 bash hack/bench-scale.sh
 set -euo pipefail
@@ -17,6 +19,11 @@ case "${MPO_BENCH_POLICY:-none}" in
   cosign-v2) MPO_COSIGN=${MPO_COSIGN:-$(bash hack/cosign.sh | tail -n 1)}; export MPO_COSIGN ;;
   cosign-v3) MPO_COSIGN_V3=${MPO_COSIGN_V3:-$(bash hack/cosign.sh v3.1.3 | tail -n 1)}; export MPO_COSIGN_V3 ;;
 esac
+if [ "${MPO_BENCH_FLUX:-}" = 1 ]; then
+  flux=$(bash hack/flux.sh)
+  MPO_FLUX_BIN=$(sed -n 1p <<<"$flux") MPO_FLUX_CRDS=$(sed -n 2p <<<"$flux")
+  export MPO_FLUX_BIN MPO_FLUX_CRDS
+fi
 log "building the benchmark and the operator (release profile)"
 cargo bench --locked --bench "$bench" --no-run
 dir=$(mktemp -d "${TMPDIR:-/tmp}/mpo-control-plane.XXXXXX")

@@ -433,25 +433,32 @@ async fn a_source_whose_flags_are_refused_holds_back_no_other_source() {
     );
 }
 
-/// Applies `count` module names of 128 characters (`keep` first) to the source's status as the
-/// scan does, under its field manager; `Ok(false)` when the apiserver refuses them for size.
+/// `count` module names of about 128 characters, `keep` first.
+fn names_of(keep: &[String], count: usize) -> Vec<String> {
+    keep.iter()
+        .cloned()
+        .chain((0..).map(|i| format!("n{i:05}{}", "x".repeat(122))))
+        .take(count)
+        .collect()
+}
+
+/// Applies [`names_of`] to the source's status as the scan does, under its field manager; false
+/// when the apiserver refuses them for size.
 async fn apply_names(
     api: &kube::Api<mpo_operator::crd::ModuleSource>,
     source: &str,
     keep: &[String],
     count: usize,
 ) -> bool {
-    let names = keep
-        .iter()
-        .cloned()
-        .chain((0..).map(|i| format!("n{i:05}{}", "x".repeat(122))))
-        .take(count);
+    let names = names_of(keep, count).into_iter();
     let body = serde_json::json!({
         "apiVersion": "deckhouse.io/v1alpha1",
         "kind": "ModuleSource",
         "status": {
             "modules": names.map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>(),
             "modulesCount": count,
+            // As long as the scan's own (seconds, UTC), so that a scan of the same names fits.
+            "syncTime": "2026-01-01T00:00:00Z",
             "phase": "Active",
             "message": "",
         }
@@ -474,12 +481,12 @@ async fn apply_names(
     }
 }
 
-/// Issue 22: a source whose names fit but whose flags do not. The source is filled with names to
-/// the last one etcd accepts (bisected here, written as the scan writes them; the operator's own
-/// scan is off), and five overrides are applied on it. Their flags no longer fit: the refusal is
-/// said once in the log and in `status.message`, the names are left out as when the list alone
-/// does not fit (so the source admits every module), the flags are then written, and every
-/// override is applied without a message of its own.
+/// Issue 22: a source whose names fit but whose flags do not. The registry lists exactly as many
+/// names as the source holds (bisected on the source first), and five overrides are applied on
+/// it: their flags no longer fit. The refusal is said once in the log and in `status.message`,
+/// the names are left out as when the list alone does not fit (so the source admits every
+/// module), the flags are then written, and every override is applied with no message of its
+/// own. A later scan does not bring the names back over the flags: its list is refused and said.
 #[tokio::test]
 async fn a_source_whose_flags_do_not_fit_says_so_and_makes_room_for_them() {
     let cluster = require_cluster!();
@@ -488,14 +495,26 @@ async fn a_source_whose_flags_do_not_fit_says_so_and_makes_room_for_them() {
         "flags-too-large",
         RegistryKind::Plain,
         &[],
-        &["--scan-module-sources=false"],
+        &["--source-scan-interval", "1h"],
     )
     .await;
+    let source_ref = format!("ms/{}", s.source);
+    let rescan = |value: &str| {
+        cluster.kubectl_ok(&[
+            "annotate",
+            "--overwrite",
+            &source_ref,
+            &format!("renew={value}"),
+        ]);
+    };
+    // The annotation is there before the bisection, so that later scans (renew=b, renew=c) leave
+    // the object's size as it was measured.
+    rescan("a");
     let api = kube::Api::<mpo_operator::crd::ModuleSource>::all(cluster.client().await);
     let modules: Vec<String> = (0..5)
         .map(|i| format!("{}-{i}{}", s.id.0, "m".repeat(100)))
         .collect();
-    // The largest count that fits: 4000 names of 128 characters do, 6000 do not.
+    // The largest count that fits: 4000 names of about 128 characters do, 6000 do not.
     let (mut fits, mut refused) = (4000, 6000);
     assert!(apply_names(&api, &s.source, &modules, fits).await);
     assert!(!apply_names(&api, &s.source, &modules, refused).await);
@@ -507,8 +526,15 @@ async fn a_source_whose_flags_do_not_fit_says_so_and_makes_room_for_them() {
             refused = middle;
         }
     }
-    eprintln!("the source holds {fits} names of 128 characters, not {refused}");
-    assert!(apply_names(&api, &s.source, &modules, fits).await);
+    eprintln!("the source holds {fits} names, not {refused}");
+    push_many_module_names(&s.registry, REPO_PATH, &names_of(&modules, fits))
+        .await
+        .expect("module names pushed");
+    rescan("b");
+    wait_for("the scan to list every name", WAIT, || async {
+        (s.source_object()["status"]["modulesCount"] == fits).then_some(())
+    })
+    .await;
 
     for module in &modules {
         let digest = s
@@ -552,4 +578,22 @@ async fn a_source_whose_flags_do_not_fit_says_so_and_makes_room_for_them() {
         .filter(|l| l.contains(said) && l.contains("WARN"))
         .count();
     assert_eq!(warnings, 1, "said once in the log:\n{log}");
+
+    // A scan now: the names beside the flags do not fit, so they stay out and the scan says so.
+    rescan("c");
+    let scan_said = format!("cannot list {fits} modules in the status");
+    let source = wait_for("the scan's refusal", WAIT, || async {
+        let source = s.source_object();
+        source["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(&scan_said))
+            .then_some(source)
+    })
+    .await;
+    assert!(
+        modules.iter().all(|m| flagged(&source, m)),
+        "the flags stay: {}",
+        source["status"]
+    );
+    assert!(source["status"]["modulesCount"].is_null());
 }

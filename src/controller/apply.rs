@@ -477,11 +477,13 @@ fn verification_of(ctx: &Context, mpo: &ModulePullOverride, outcome: &Outcome) -
         return Verification::NoPolicy;
     };
     match outcome {
-        Outcome::InSync { digest, .. } => match verify::verified_message(ctx, &source, digest) {
-            None => Verification::NoPolicy,
-            Some(Some(message)) => Verification::Verified(message),
-            Some(None) => Verification::Unchanged,
-        },
+        Outcome::InSync { digest, .. } => {
+            match verify::verified_message(ctx, &source, &mpo.name_any(), digest) {
+                None => Verification::NoPolicy,
+                Some(Some(message)) => Verification::Verified(message),
+                Some(None) => Verification::Unchanged,
+            }
+        }
         Outcome::Failed(_) if source.spec.verify.is_some() => Verification::Unchanged,
         Outcome::Failed(_) => Verification::NoPolicy,
     }

@@ -63,6 +63,9 @@ pub struct Flags {
     stopped: std::sync::atomic::AtomicBool,
     /// This operator's field manager of the flags ([`super::rules::listing::flags_manager_for`]).
     manager: String,
+    /// Whether a refusal for size may leave the scan's names out to make room: only when this
+    /// operator scans (otherwise the names and the message are another writer's).
+    makes_room: bool,
 }
 
 impl Flags {
@@ -72,6 +75,11 @@ impl Flags {
             manager,
             ..Self::default()
         }
+    }
+
+    /// Whether a refusal for size leaves the scan's names out ([`Flags::makes_room`]).
+    pub fn making_room(self, makes_room: bool) -> Self {
+        Self { makes_room, ..self }
     }
 }
 
@@ -83,6 +91,7 @@ impl Default for Flags {
             progress: tokio::sync::watch::Sender::new(0),
             stopped: std::sync::atomic::AtomicBool::new(false),
             manager: FLAGS_FIELD_MANAGER.to_owned(),
+            makes_room: true,
         }
     }
 }
@@ -317,7 +326,7 @@ impl Flags {
     }
 
     /// What the source's `status.message` says while its flags are refused for size: the scan
-    /// writes it too, so that its own apply does not erase it.
+    /// then leaves the names out too, with this message, instead of bringing them back.
     pub fn size_refusal(&self, source: &str) -> Option<&'static str> {
         self.lock()
             .pace
@@ -455,10 +464,12 @@ pub async fn run_writer(
                     } else {
                         debug!(source = %name, retry_in = ?wait, "{error}");
                     }
-                    if new && too_large {
+                    if too_large && flags.makes_room {
                         // Make room as the scan does when its list alone does not fit: the names
                         // go (the source then admits every module), the message says why, and
-                        // the retry's flags fit. Raced like the flush: nothing after the fence.
+                        // the retry's flags fit. At every such refusal, not the first only: a
+                        // scan may have brought the names back meanwhile, or this write failed.
+                        // Raced like the flush: nothing after the fence.
                         tokio::select! {
                             () = make_room(&api, &name) => {}
                             () = stop.cancelled() => return,

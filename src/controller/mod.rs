@@ -215,9 +215,10 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>) -> Result<(), StartE
     let scan = settings.scan_module_sources;
     let concurrency = settings.concurrency;
     let source_watch = sources::SourceWatch::new();
-    let flags = Arc::new(flags::Flags::with_manager(
-        rules::listing::flags_manager_for(&settings.watch_selector),
-    ));
+    let flags = Arc::new(
+        flags::Flags::with_manager(rules::listing::flags_manager_for(&settings.watch_selector))
+            .making_room(scan),
+    );
     // A commit runs on a blocking thread that the fence cannot drop: it asks the fence itself
     // before it switches anything in.
     let store = store.with_commit_gate(crate::storage::CommitGate::new({

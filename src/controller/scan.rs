@@ -45,10 +45,14 @@ pub async fn scan_source(
         return Ok(Action::await_change());
     }
     let api = Api::<ModuleSource>::all(ctx.client.clone());
-    // While the flags are refused for size the message says so; the scan's forced apply of its
-    // own message would erase that otherwise.
-    let flags_refusal = ctx.flags.size_refusal(&name);
-    let listed = match write_scan(&api, &source, listed, flags_refusal).await? {
+    // While the flags are refused for size, the names stay out (the flags writer took them out
+    // to make room): writing them back would fit, and refuse the flags again.
+    if let (Some(refusal), Ok(_)) = (ctx.flags.size_refusal(&name), &listed) {
+        debug!(source = %name, "{refusal}");
+        leave_names_out(&api, &name, refusal).await?;
+        return Ok(schedule_next_scan(&ctx, &key, generation, now, false));
+    }
+    let listed = match write_scan(&api, &source, listed).await? {
         Written::Listed(listed) => listed,
         Written::TooLarge { count, bytes } => {
             let message = too_large_message(count, bytes);
@@ -65,20 +69,37 @@ pub async fn scan_source(
     if let Ok(modules) = &listed {
         info!(source = %name, count = modules.len(), "scanned the source's modules");
     }
-    let wait = jittered(ctx.settings.source_scan_interval, &key);
-    ctx.record_check(
+    Ok(schedule_next_scan(
+        &ctx,
         &key,
+        generation,
+        now,
+        listed.is_err(),
+    ))
+}
+
+/// Records the scan and plans the next one, an interval (jittered per source) from `now`.
+fn schedule_next_scan(
+    ctx: &Context,
+    key: &str,
+    fingerprint: u64,
+    now: Instant,
+    failed: bool,
+) -> Action {
+    let wait = jittered(ctx.settings.source_scan_interval, key);
+    ctx.record_check(
+        key,
         LastCheck {
-            fingerprint: generation,
+            fingerprint,
             due: now + wait,
-            failed: listed.is_err(),
+            failed,
             failures: 0,
             renew_handled: Vec::new(),
             conflicts: 0,
             forced_download_done: false,
         },
     );
-    Ok(Action::requeue(wait))
+    Action::requeue(wait)
 }
 
 /// What makes a scan due before its interval: a new spec (generation) or a new object under
@@ -107,11 +128,8 @@ async fn write_scan(
     api: &Api<ModuleSource>,
     source: &ModuleSource,
     listed: Result<Vec<String>, String>,
-    flags_refusal: Option<&str>,
 ) -> Result<Written, kube::Error> {
-    // A refusal of the flags for size is what the message says while the listing is fine: the
-    // scan's forced apply would erase it otherwise.
-    let body = scan_status(source, &listed, flags_refusal);
+    let body = scan_status(source, &listed);
     match apply_scan(api, &source.name_any(), body.clone()).await {
         Ok(()) => {
             if let Err(message) = &listed {
@@ -141,8 +159,8 @@ async fn apply_scan(api: &Api<ModuleSource>, name: &str, body: Value) -> Result<
 pub fn too_large_message(count: usize, bytes: usize) -> String {
     format!(
         "cannot list {count} modules in the status: {} KiB of module names is more than one \
-         ModuleSource can hold (the apiserver refused the write as too large); every module of \
-         this source is admitted",
+         ModuleSource can hold beside its overridden flags (the apiserver refused the write as \
+         too large); every module of this source is admitted",
         bytes.div_ceil(1024)
     )
 }
@@ -171,17 +189,10 @@ fn unlisted_status(message: &str) -> Value {
 
 /// The status the scan owns. A failed scan re-applies the names it had, because an apply that
 /// leaves them out would give them up and empty the list on every registry hiccup.
-fn scan_status(
-    source: &ModuleSource,
-    listed: &Result<Vec<String>, String>,
-    flags_refusal: Option<&str>,
-) -> Value {
+fn scan_status(source: &ModuleSource, listed: &Result<Vec<String>, String>) -> Value {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let (modules, message) = match listed {
-        Ok(modules) => (
-            modules.clone(),
-            flags_refusal.unwrap_or_default().to_owned(),
-        ),
+        Ok(modules) => (modules.clone(), String::new()),
         Err(message) => (known_modules(source), message.clone()),
     };
     json!({
@@ -209,42 +220,4 @@ pub fn scan_error_policy(
 ) -> Action {
     warn!(source = %source.name_any(), "scan failed: {err}");
     Action::requeue(std::time::Duration::from_secs(10))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn source() -> ModuleSource {
-        serde_json::from_value(json!({
-            "apiVersion": "deckhouse.io/v1alpha1",
-            "kind": "ModuleSource",
-            "metadata": {"name": "s"},
-            "spec": {"registry": {"repo": "registry.example/modules"}},
-            "status": {"modules": [{"name": "kept"}], "modulesCount": 1},
-        }))
-        .expect("a source")
-    }
-
-    #[test]
-    fn the_scan_keeps_saying_that_the_flags_do_not_fit_and_its_own_failure_first() {
-        let listed = Ok(vec!["a".to_owned()]);
-        let refusal = crate::controller::flags::FLAGS_TOO_LARGE_MESSAGE;
-        assert_eq!(
-            scan_status(&source(), &listed, None)["status"]["message"],
-            ""
-        );
-        assert_eq!(
-            scan_status(&source(), &listed, Some(refusal))["status"]["message"],
-            refusal
-        );
-        // A failed listing says so (and keeps the names it had): it is what to fix first.
-        let failed = Err("cannot list modules of r: timeout".to_owned());
-        let status = scan_status(&source(), &failed, Some(refusal));
-        assert_eq!(
-            status["status"]["message"],
-            "cannot list modules of r: timeout"
-        );
-        assert_eq!(status["status"]["modules"], json!([{"name": "kept"}]));
-    }
 }

@@ -41,7 +41,7 @@ pub(super) fn recheck_after(refusals: u32) -> Duration {
         .min(REFUSAL_RECHECK_MAX)
 }
 
-/// What signature checks found, keyed by [`remembered_key`] (digest and key set).
+/// What signature checks found, keyed by [`remembered_key`] (digest, key set, repository).
 #[derive(Default)]
 pub(super) struct Memory {
     /// The `Verified` condition's message of each verified digest.
@@ -110,7 +110,7 @@ pub(super) async fn check_signature(
     digest: &Digest,
     recheck: bool,
 ) -> Result<Option<String>, PassError> {
-    let Some(remembered) = remembered_key(source, digest) else {
+    let Some(remembered) = remembered_key(source, image.module(), digest) else {
         return Ok(None);
     };
     if let Some(message) = ctx.signatures.verified(&remembered) {
@@ -199,20 +199,27 @@ fn verified_message_of(verified: &signing::Verified) -> String {
 pub(super) fn verified_message(
     ctx: &Context,
     source: &ModuleSource,
+    module: &str,
     digest: &Digest,
 ) -> Option<Option<String>> {
-    remembered_key(source, digest).map(|key| ctx.signatures.verified(&key))
+    remembered_key(source, module, digest).map(|key| ctx.signatures.verified(&key))
 }
 
-/// `<digest> <sha256 of the keys>`: a changed key list verifies again.
-fn remembered_key(source: &ModuleSource, digest: &Digest) -> Option<String> {
+/// `<digest> <sha256 of the keys> <repository>/<module>`: a changed key list verifies again, and
+/// the same content in another repository is checked on its own (a signature names its
+/// repository, and is stored beside its image: one module's signature says nothing of another's).
+fn remembered_key(source: &ModuleSource, module: &str, digest: &Digest) -> Option<String> {
     let policy = source.spec.verify.as_ref()?;
     let mut hasher = Sha256::new();
     for key in &policy.public_keys {
         hasher.update(key.trim().as_bytes());
         hasher.update([0]);
     }
-    Some(format!("{digest} {}", hex::encode(hasher.finalize())))
+    Some(format!(
+        "{digest} {} {}/{module}",
+        hex::encode(hasher.finalize()),
+        source.spec.registry.repo.trim_end_matches('/')
+    ))
 }
 
 fn trusted_keys(source: &ModuleSource) -> Result<Vec<PublicKey>, PassError> {
